@@ -1,0 +1,128 @@
+"""The Method contract: one subclass per distillation method, registered by name.
+
+A method is data plus hooks; the engine (``kdtune/engine.py``) owns the loop, the optimiser,
+the single cross-entropy term ``ce`` and all reporting. A method says:
+
+- ``name`` and ``Params`` (a pydantic model; its fields are exactly its search-space YAML's
+  parameters, with the paper defaults; a contract test keeps the two equal);
+- ``teacher_needs`` / ``student_needs``: the taps it reads (``logits``, ``penultimate``,
+  ``groups``, ``stem``); an empty ``teacher_needs`` means the teacher is never run per batch;
+- ``ce_weight()``: the weight the engine gives ``ce`` (0 = label-free: ``y`` is never read);
+- ``build_student`` / ``build_extras`` / ``stages`` / ``loss``, and optionally ``optimizers``
+  and ``train_step`` for methods that need more than a loss.
+
+``loss`` returns a dict of named tensors; ``loss["loss"]`` is the method's total *without*
+``ce``; every other entry is reported as its own metric.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
+
+from pydantic import BaseModel, ConfigDict
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from kdtune.config import Spec
+    from kdtune.engine import TrialContext
+
+
+class NoParams(BaseModel):
+    """For methods without hyperparameters of their own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class MethodParams(BaseModel):
+    """Base for a method's ``Params``: forbid unknown keys, validate on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Batch(NamedTuple):
+    x: Tensor
+    y: Tensor | None  # None for label-free methods: they must not read it
+    idx: Tensor       # row indices into the training split (teacher-output cache key)
+
+
+@dataclass
+class Stage:
+    """A pre-stage run before the main stage (paraphraser training, FSP stage 1, ...).
+
+    ``run_epoch(ctx, epoch)`` trains one epoch and returns metrics; the engine reports them
+    as ``stage/<name>/<key>`` and never counts them as main epochs (ASHA ignores them).
+    """
+
+    name: str
+    epochs: int
+    run_epoch: Callable[["TrialContext", int], dict[str, float]]
+
+
+class Method:
+    """Base class. Subclasses are registered with ``@METHODS.register("name")``."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[BaseModel]] = NoParams
+    teacher_needs: ClassVar[tuple[str, ...]] = ("logits",)
+    student_needs: ClassVar[tuple[str, ...]] = ("logits",)
+    # Which student/teacher class relation the method supports: "subset" (G→S or same task;
+    # the teacher's logits are restricted to the student's classes), "any", or "superset" (S→G).
+    class_relation: ClassVar[str] = "subset"
+    uses_teacher: ClassVar[bool] = True  # False: no teacher is trained or loaded (scratch)
+    trains: ClassVar[bool] = True  # False: evaluated as built, no main-stage training
+
+    def check(self, spec: "Spec") -> None:
+        """Spec checks only this method can make (raise SpecError naming the field)."""
+
+    def __init__(self, params: BaseModel | None = None) -> None:
+        self.p = params if params is not None else self.Params()
+
+    # ---- what the engine asks
+    def ce_weight(self) -> float:
+        """Weight of the engine's cross-entropy term; 0 means label-free."""
+        return 1.0
+
+    def uses_labels(self) -> bool:
+        return self.ce_weight() > 0
+
+    def build_student(self, teacher: nn.Module | None, ctx: "TrialContext") -> nn.Module | None:
+        """Build the student from the teacher (finetune, prune, anti-distillation); None: spec."""
+        return None
+
+    def build_extras(self, teacher: nn.Module | None, student: nn.Module,
+                     ctx: "TrialContext") -> nn.ModuleDict:
+        """Trainable helpers (regressors, translators, adapters), optimised with the student."""
+        return nn.ModuleDict()
+
+    def stages(self, ctx: "TrialContext") -> list[Stage]:
+        return []
+
+    def loss(self, batch: Batch, s_out: dict[str, Any], t_out: dict[str, Any] | None,
+             extras: nn.ModuleDict) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} must define loss()")
+
+    # ---- optional hooks (None / no-op defaults)
+    def optimizers(self, ctx: "TrialContext") -> list[Any] | None:
+        """Own optimisers (e.g. KR's two alternating ones); None: one SGD/AdamW on all."""
+        return None
+
+    def train_step(self, ctx: "TrialContext", batch: Batch) -> dict[str, Tensor] | None:
+        """A whole training step (trust region, KR); None: the engine's default step."""
+        return None
+
+    has_train_step: ClassVar[bool] = False  # set True by methods overriding train_step
+
+    def on_epoch_end(self, ctx: "TrialContext", epoch: int) -> dict[str, float]:
+        """Per-epoch bookkeeping (annealing); returns extra metrics to report."""
+        return {}
+
+    def before_eval(self, ctx: "TrialContext") -> None:
+        """Runs before validation (e.g. fit a linear probe for a label-free student)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state that must survive a checkpoint round trip (tensors, numbers)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass

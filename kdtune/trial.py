@@ -1,0 +1,46 @@
+"""One training run from a flat config: what ``kdtune train`` and every Tune trial execute.
+
+spec + config + teacher artefact → data view, method, context → ``engine.train``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kdtune.config import Spec, SpecError
+from kdtune.data import load_data
+from kdtune.engine import Report, TrialContext, pick_device, train
+from kdtune.methods import build_method
+from kdtune.params import split_config
+from kdtune.teacher import TeacherArtifact, class_index, load_teacher
+
+
+def student_data(spec: Spec):
+    d = spec.data
+    return load_data(d.name, root=d.root, download=d.download, train_limit=d.train_limit,
+                     val_fraction=d.val_fraction, classes=spec.student.classes, seed=d.split_seed)
+
+
+def make_context(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | None, *,
+                 seed: int, device: str | None = None):
+    """(context, method) for one run; raises SpecError for a class relation the method refuses."""
+    method = build_method(spec, config)
+    common, _, _ = split_config(spec, config)
+    data = student_data(spec)
+    dev = pick_device(device or spec.device)
+    ctx = TrialContext(spec=spec, common=common, data=data, device=dev, seed=seed)
+    if teacher is not None and method.uses_teacher:
+        ctx.teacher = load_teacher(teacher, dev)
+        ctx.teacher_index = class_index(teacher.meta["classes"], data.classes)
+        if method.class_relation == "subset" and ctx.teacher_index is None:
+            raise SpecError("student.classes: must be a subset of the teacher's classes "
+                            f"{teacher.meta['classes']} for this method (G→S)")
+    return ctx, method
+
+
+def run_trial(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | None,
+              report: Report, *, seed: int, restore: dict[str, Any] | None = None,
+              device: str | None = None) -> dict[str, float]:
+    ctx, method = make_context(spec, config, teacher, seed=seed, device=device)
+    corr = [(spec.corruption.kind, lvl) for lvl in spec.corruption.levels]
+    return train(ctx, method, report, epochs=spec.epochs, restore=restore, eval_corruption=corr)
