@@ -11,6 +11,7 @@ from kdtune.config import Spec, SpecError
 
 
 def check_spec(spec: Spec) -> None:
+    import kdtune.models  # noqa: F401  (importing registers the model zoo)
     from kdtune.data import raw_data, resolve_classes
     from kdtune.methods import METHODS, build_method
     from kdtune.params import resolve_params

@@ -32,6 +32,9 @@ CHECKPOINT = "checkpoint.pt"
 
 
 class Report(Protocol):
+    """Receives each epoch's metrics and checkpoint state. The state holds the live tensors:
+    persist it (``save_state``) before returning, do not keep it."""
+
     def __call__(self, metrics: dict[str, float], state: dict[str, Any] | None = None, *,
                  stage: bool = False) -> None: ...
 
@@ -65,6 +68,14 @@ class TrialContext:
     extras: nn.ModuleDict = field(default_factory=nn.ModuleDict)
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)
     epoch: int = 0
+    _train_loader: TensorLoader | None = None
+
+    @property
+    def train_loader(self) -> TensorLoader:
+        """The main stage's loader, built once (one copy of the data on the device)."""
+        if self._train_loader is None:
+            self._train_loader = self.loader("train")
+        return self._train_loader
 
     def loader(self, split: str = "train", *, shuffle: bool | None = None,
                augment: bool | None = None, batch_size: int | None = None,
@@ -192,7 +203,9 @@ def run_epoch(ctx: TrialContext, method: Method, step: Callable) -> dict[str, fl
     sums: dict[str, Tensor] = {}
     n = 0
     uses_y = method.uses_labels()
-    for x, y, idx in ctx.loader("train"):
+    loader = ctx.train_loader
+    loader.epoch = ctx.epoch  # shuffle/augment seeded by (seed, epoch): a resumed run sees the same order
+    for x, y, idx in loader:
         batch = Batch(x, y if uses_y else None, idx)
         terms = step(ctx, method, batch)
         for k, v in terms.items():
@@ -245,7 +258,6 @@ def train(ctx: TrialContext, method: Method, report: Report, *, epochs: int,
     final: dict[str, float] = {}
     for epoch in range(start, epochs):
         ctx.epoch = epoch
-        # the loader reseeds its shuffle per epoch, so a resumed run sees the same order
         terms = run_epoch(ctx, method, step) if getattr(method, "trains", True) else {}
         for s in schedules:
             s.step()
