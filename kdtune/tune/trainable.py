@@ -1,0 +1,109 @@
+"""The Ray Tune function trainable: one ``run_trial`` per trial, reported to Tune.
+
+``make_trainable(spec, teacher)`` builds a fresh function named after the spec's method (``kd``;
+for a method list the spec's name), so Tune names trials ``kd_...``. Each trial:
+
+- reads the teacher by path (the driver prepared it once with ``ensure_teacher``);
+- seeds from ``search.seed`` + its trial number (stable across retries and ``--resume``);
+- resumes from ``tune.get_checkpoint()`` (the engine's state dict, ``checkpoint.pt``);
+- reports every main epoch with a checkpoint, and stage epochs as ``stage/...`` keys with no
+  ``epoch`` and no metric, which ASHA ignores (``AsyncHyperBandScheduler.on_trial_result``
+  returns CONTINUE when ``time_attr`` or the metric is missing) and the searcher skips
+  (``MainEpochOptunaSearch``);
+- raises on failure (``NonFiniteLoss`` included): Tune records the error in the trial's
+  ``error.txt``, retries up to ``max_failures`` times from the last checkpoint, and the sweep
+  goes on.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from ray import tune
+
+from kdtune.config import Spec, SpecError
+from kdtune.engine import CHECKPOINT, load_state, save_state
+from kdtune.teacher import TeacherArtifact
+from kdtune.trial import run_trial
+
+RunTrial = Callable[..., dict[str, float]]
+
+
+def trainable_name(spec: Spec) -> str:
+    """The method's name, or the spec's name when the method is a searched choice/composition."""
+    return spec.methods[0] if len(spec.methods) == 1 else spec.name
+
+
+def trial_number(trial_name: str) -> int:
+    """The sequential number kdtune's trial names end with (``kd_007`` → 7)."""
+    tail = trial_name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def trial_seed(spec: Spec, trial_name: str) -> int:
+    return spec.search.seed + trial_number(trial_name)
+
+
+def make_trainable(spec: Spec, teacher: TeacherArtifact | None, run: RunTrial = run_trial):
+    """The Tune trainable for a spec, with its per-trial resources attached.
+
+    ``run`` is ``kdtune.trial.run_trial``; tests pass a stand-in with the same signature.
+    """
+    name = trainable_name(spec)
+
+    def trainable(config: dict[str, Any], spec_json: str, teacher_ref: dict | None,
+                  run: RunTrial) -> None:
+        run_in_tune(config, spec_json, teacher_ref, run)
+
+    # A new function object per spec: renaming it names the trials without touching others.
+    trainable.__name__ = trainable.__qualname__ = name
+    ref = {"path": str(teacher.path), "meta": teacher.meta} if teacher is not None else None
+    fn = tune.with_parameters(trainable, spec_json=spec.model_dump_json(), teacher_ref=ref, run=run)
+    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+
+
+def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None,
+                run: RunTrial) -> None:
+    """The body of every trial (runs in a Ray worker)."""
+    import logging
+
+    import torch
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
+    spec = Spec.model_validate_json(spec_json)  # paths were made absolute by the driver
+    ctx = tune.get_context()
+    seed = trial_seed(spec, ctx.get_trial_name())
+    # Ray sets OMP_NUM_THREADS from the trial's CPUs; torch reads it only at import, be explicit.
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    teacher = TeacherArtifact(Path(teacher_ref["path"]), teacher_ref["meta"]) if teacher_ref else None
+
+    restore = None
+    ckpt = tune.get_checkpoint()
+    if ckpt is not None:
+        with ckpt.as_directory() as d:
+            restore = load_state(Path(d) / CHECKPOINT)
+
+    checked: list[bool] = []
+
+    def report(metrics: dict[str, float], state: dict[str, Any] | None = None, *,
+               stage: bool = False) -> None:
+        if not stage and not checked:
+            if spec.metric not in metrics:
+                raise SpecError(f"metric: {spec.metric!r} is never reported; the trial reports "
+                                f"{', '.join(sorted(metrics))}")
+            checked.append(True)
+        if stage:
+            # no `epoch` (ASHA's time_attr) and no metric: the scheduler and searcher skip it
+            metrics = {k: v for k, v in metrics.items() if k.startswith("stage/")}
+        if state is None:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="kdtune-ckpt-") as d:
+            save_state(state, Path(d) / CHECKPOINT)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))  # copied to storage
+
+    # `auto` is the GPU Ray assigned: it sets CUDA_VISIBLE_DEVICES, so it is cuda:0 here.
+    device = "auto" if spec.device.startswith("cuda") else spec.device
+    run(spec, dict(config), teacher, report, seed=seed, restore=restore, device=device)
