@@ -1,0 +1,172 @@
+"""``kdtune best | promote | ui`` and ``kdtune sweep list``: the MLflow side of the CLI.
+
+``register(app, sweep_app)`` adds them (the logic is in ``kdtune/tracking.py``). Every command
+reads the tracking store named by ``--tracking-uri``, else ``--spec``'s ``tracking.uri``, else
+``$MLFLOW_TRACKING_URI``, else the default spec's store (``./kdtune-results/mlflow.db``). Bad input
+(no such sweep, a run without a checkpoint) prints one line and exits 2 with nothing changed;
+an unreachable store exits 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+SpecOpt = typer.Option(None, "--spec", help="A spec: its tracking store (and sweep name).")
+UriOpt = typer.Option(None, "--tracking-uri", help="The MLflow store or server (overrides --spec).")
+SweepOpt = typer.Option(None, "--sweep", help="Sweep (experiment) name; default: the newest sweep.")
+
+
+def _store_errors(fn):
+    """An unreachable/broken tracking store → one line, exit 1 (SpecError → exit 2 via guarded)."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        from mlflow.exceptions import MlflowException
+
+        from kdtune.cli import fail
+
+        try:
+            return fn(*a, **kw)
+        except MlflowException as e:
+            first = (str(e).strip().splitlines() or ["?"])[0]
+            fail(f"tracking store: {first[:300]}", code=1)
+    return wrapper
+
+
+def _store(spec: Optional[Path], uri: Optional[str]):
+    """(tracking uri, loaded spec or None)."""
+    from kdtune.config import load_spec
+    from kdtune.tracking import resolve_uri
+
+    s = load_spec(spec) if spec else None
+    return resolve_uri(s, uri), s
+
+
+def best(sweep: Optional[str] = SweepOpt,
+         top: int = typer.Option(1, "--top", min=1, help="How many trials to show."),
+         as_json: bool = typer.Option(False, "--json", help="Print JSON (machine-readable)."),
+         spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = UriOpt) -> None:
+    """The best trials of a sweep, from MLflow (metric at each trial's last reported epoch);
+    writes best.yaml beside the sweep's results."""
+    from rich.table import Table
+
+    from kdtune.cli import console
+    from kdtune.tracking import best_trials, write_best_yaml
+
+    uri, s = _store(spec, tracking_uri)
+    out = best_trials(uri, sweep or (s.name if s else None), top)
+    path = write_best_yaml(uri, out)
+    out["best_yaml"] = str(path) if path else None
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+        return
+    m = out["metric"]
+    table = Table("rank", "trial", m, "epoch", "test_acc", "status", "params",
+                  title=f"sweep {out['sweep']} ({out['mode']} {m}; {out['ranked']}/{out['trials']} trials scored)")
+    for r in out["top"]:
+        table.add_row(str(r["rank"]), r["run_name"] or r["run_id"], f"{r['value']:.4f}", str(r["epoch"]),
+                      "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}", r["status"],
+                      " ".join(f"{k}={_short(v)}" for k, v in r["params"].items()))
+    console.print(table)
+    if path:
+        console.print(f"best.yaml: {path}", highlight=False)
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def promote(sweep: Optional[str] = SweepOpt,
+            run_id: Optional[str] = typer.Option(None, "--run-id", help="Promote this run instead "
+                                                 "(a trial, or a teacher run)."),
+            model_name: Optional[str] = typer.Option(None, "--model-name", help="Registered model "
+                                                     "name (default: the sweep's name)."),
+            alias: str = typer.Option("champion", "--alias", help="Alias set on the new version."),
+            as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+            spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = UriOpt) -> None:
+    """Register the best trial's student (pt2) as a new model version and set an alias."""
+    from kdtune.cli import console, fail
+    from kdtune.tracking import promote as do_promote
+
+    if sweep and run_id:
+        fail("give --sweep or --run-id, not both")
+    uri, s = _store(spec, tracking_uri)
+    out = do_promote(uri, sweep=sweep or (s.name if s and not run_id else None), run_id=run_id,
+                     model_name=model_name, alias=alias, log=(lambda _: None) if as_json else console.print)
+    if as_json:
+        typer.echo(json.dumps(out, indent=2, default=str))
+    else:
+        console.print(f"load it: mlflow.pytorch.load_model({out['uri']!r}); as a teacher: "
+                      f"teacher.checkpoint: {out['uri']}", highlight=False)
+
+
+def ui(port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1."),
+       spec: Optional[Path] = SpecOpt,
+       backend_store_uri: Optional[str] = typer.Option(None, "--backend-store-uri",
+                                                       help="The MLflow store (overrides --spec)."),
+       workers: int = typer.Option(1, "--workers", min=1, help="Server worker processes.")) -> None:
+    """The MLflow UI for the tracking store, bound to 127.0.0.1 (Ctrl-C stops it)."""
+    import sys
+
+    from kdtune.cli import console
+    from kdtune.config import parse_spec
+    from kdtune.tracking import is_remote, ui_command
+
+    uri, s = _store(spec, backend_store_uri)
+    if is_remote(uri):
+        console.print(f"the tracking store is a server: open {uri}", highlight=False)
+        return
+    artifacts = None
+    if uri.startswith("sqlite:///"):
+        artifacts = str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+    elif s is not None:
+        artifacts = str(Path(s.storage) / "mlartifacts")
+    else:
+        artifacts = str(Path(parse_spec({}).storage) / "mlartifacts")
+    cmd = ui_command(uri, port, artifacts, workers)
+    # the server's job runner (a dozen huey workers for GenAI jobs) is not needed to browse runs
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    console.print(f"MLflow UI for {uri}: http://127.0.0.1:{port}", highlight=False, soft_wrap=True)
+    sys.stdout.flush()
+    os.execv(cmd[0], cmd)  # the server replaces this process: its PID is the one to stop
+
+
+def sweep_list(spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = UriOpt,
+               as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Sweeps in the tracking store, newest first."""
+    from rich.table import Table
+
+    from kdtune.cli import console
+    from kdtune.tracking import list_sweeps
+
+    uri, _ = _store(spec, tracking_uri)
+    rows = list_sweeps(uri)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2, default=str))
+        return
+    if not rows:
+        console.print(f"no sweeps in {uri}", highlight=False)
+        return
+    table = Table("sweep", "started", "status", "trials", "failed", "best", "parent run", title=uri)
+    for r in rows:
+        table.add_row(r["sweep"], r["started"] or "-", r["status"], str(r["trials"]), str(r["failed"]),
+                      "-" if r["best"] is None else f"{r['metric']} {r['best']:.4f}", r["run_id"])
+    console.print(table)
+
+
+def register(app: typer.Typer, sweep_app: typer.Typer | None = None) -> None:
+    """Add the commands to kdtune's app (and ``list`` to its ``sweep`` group)."""
+    from kdtune.cli import guarded
+
+    for fn, name in ((best, "best"), (promote, "promote"), (ui, "ui")):
+        app.command(name)(guarded(_store_errors(fn)))
+    if sweep_app is None:
+        sweep_app = next((g.typer_instance for g in app.registered_groups if g.name == "sweep"), None)
+    if sweep_app is not None:
+        sweep_app.command("list")(guarded(_store_errors(sweep_list)))

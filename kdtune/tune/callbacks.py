@@ -1,0 +1,226 @@
+"""The sweep's MLflow logging: a Ray Tune callback in the driver feeding ``kdtune.tracking``.
+
+Only the driver writes to MLflow (trials never do), so the sqlite default has one writer and
+a remote tracking server works unchanged for trials on other nodes. Tune events become
+tracking operations:
+
+- ``setup``: the parent run (reused with ``--resume``) and the teacher's run;
+- ``on_trial_start``: the trial's child run (params = its sampled config; ``config.yaml`` and
+  the ``spec.yaml`` that ``kdtune train`` reproduces it with), once per trial id: a retried
+  trial (``max_failures``) or a restarted driver finds its run again by the trial-id tag;
+- ``on_trial_result``: every number the trial reported, at step = its main epoch; pre-stage
+  terms (``stage/<name>/...``) at their own stage epoch;
+- ``on_trial_complete`` / ``on_trial_error``: the trial's latest checkpoint from Tune storage
+  (``trial.checkpoint``), then FINISHED or FAILED with the error's last line as ``kdtune.error``;
+- ``on_experiment_end``: flush, and one line saying what was sent (and what was not).
+"""
+
+from __future__ import annotations
+
+import numbers
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from ray.tune import Callback
+
+from kdtune.config import Spec, dump_spec
+from kdtune.engine import CHECKPOINT
+from kdtune.tracking import SweepWriter
+
+# Keys Ray adds to every result: bookkeeping, not the trial's measurements.
+RAY_KEYS = frozenset({
+    "training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "time_since_restore",
+    "iterations_since_restore", "done", "pid", "node_ip", "hostname", "date", "experiment_tag",
+    "trial_id", "checkpoint_dir_name", "should_checkpoint", "config", "experiment_id",
+    "episodes_total", "timesteps_total", "timesteps_since_restore", "warmup_time",
+})
+
+
+def metrics_of(result: dict[str, Any]) -> list[tuple[str, float, int]]:
+    """(key, value, step) for every number in a Tune result.
+
+    Main epochs are logged at step = ``epoch``; a pre-stage's ``stage/<name>/<term>`` at step =
+    ``stage/<name>/epoch`` (stages restart their count, and own their keys, so they never mix
+    with the main curve).
+    """
+    main_step = result.get("epoch", result.get("training_iteration", 0))
+    out = []
+    for k, v in result.items():
+        if k in RAY_KEYS or k == "epoch" or isinstance(v, bool) or not isinstance(v, numbers.Real):
+            continue
+        if k.startswith("stage/"):
+            name = k.split("/")[1]
+            if k.endswith("/epoch"):
+                continue
+            step = result.get(f"stage/{name}/epoch", 0)
+        else:
+            step = main_step
+        out.append((k, float(v), int(step or 0)))
+    return out
+
+
+def error_text(trial) -> str | None:
+    """The trial's error file: the driver's staging copy (written before ``on_trial_error``),
+    else the copy in Tune storage."""
+    path = getattr(trial, "error_file", None)
+    if path:
+        try:
+            return Path(path).read_text()
+        except OSError:
+            pass
+    try:
+        return trial.get_error()
+    except Exception:  # noqa: BLE001 - storage may be unreachable
+        return None
+
+
+def error_reason(trial) -> str:
+    """The error's last line (``NonFiniteLoss: loss is nan at epoch 2``), for the run's tag."""
+    lines = [ln.strip() for ln in str(error_text(trial) or "").splitlines() if ln.strip()]
+    return (lines[-1] if lines else "trial failed (no error text)")[:5000]
+
+
+class MLflowCallback(Callback):
+    """Logs a sweep to MLflow from the driver (see the module docstring)."""
+
+    def __init__(self, spec: Spec, resume: bool = False, *, log: Callable[[str], None] | None = None,
+                 writer: SweepWriter | None = None) -> None:
+        self.spec = spec
+        self.resume = resume
+        self.log = log
+        self.writer = writer
+        self._ckpt: dict[str, Any] = {}
+        self._teacher_path: str | None = None
+        self._closed = False
+
+    # ---- the experiment
+    def setup(self, **info) -> None:
+        if self.writer is None or self._closed:  # (a second fit() with the same callback)
+            self.writer = SweepWriter(self.spec, resume=self.resume, log=self._log)
+            self._closed = False
+        self.writer.start_sweep()
+        teacher = self._teacher()
+        if teacher is not None:
+            self._teacher_path = str(teacher.path)
+            self.writer.teacher(teacher)
+
+    def _teacher(self):
+        """The sweep's teacher: ``run_sweep`` prepared it already, so this is a cache hit."""
+        from kdtune.teacher import ensure_teacher, needs_teacher
+
+        if not needs_teacher(self.spec):
+            return None
+        try:
+            return ensure_teacher(self.spec, log=lambda s: None)
+        except Exception as e:  # noqa: BLE001 - tracking never stops a sweep
+            self._log(f"MLflow: teacher not recorded ({type(e).__name__}: {e})")
+            return None
+
+    def on_experiment_end(self, trials, **info) -> None:
+        """Tune calls this at the end, and also when the sweep is interrupted or crashes: then
+        the unfinished trials and the parent end KILLED (``--resume`` sets them RUNNING again)."""
+        if self.writer is None:
+            return
+        unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        for t in unfinished:
+            if t.trial_id in self.writer.started:
+                self.writer.trial_end(t.trial_id, "KILLED")
+        self.close("KILLED" if unfinished else "FINISHED")
+
+    def close(self, status: str = "FINISHED") -> str | None:
+        """End the parent run, flush, and say what was sent (and what was not)."""
+        if self._closed or self.writer is None:
+            return None
+        self._closed = True
+        self.writer.end_sweep(status)
+        report = self.writer.close()
+        self._log(report)
+        return report
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its run config (callbacks included) with the experiment: the writer
+        # (a thread, a client) and checkpoint handles belong to this process only.
+        return dict(self.__dict__, writer=None, _ckpt={}, _closed=False)
+
+    def _log(self, msg: str) -> None:
+        # resolved per call (not stored): Ray swaps builtins.print in the driver, and a stored
+        # `print` then no longer pickles by reference
+        (self.log or print)(msg)
+
+    # ---- trials
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        from kdtune.tune.run import best_spec, trial_name
+        from kdtune.tune.trainable import trial_seed
+
+        name = trial_name(trial)
+        config = dict(trial.config or {})
+        try:
+            fixed = dump_spec(best_spec(self.spec, config, trial_seed(self.spec, name), self._teacher_path))
+        except Exception:  # noqa: BLE001 - e.g. a config the schema refuses: still log the trial
+            fixed = dump_spec(self.spec.model_copy(update={"params": config}))
+        self.writer.trial_start(trial.trial_id, name, config, spec_yaml=fixed)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        self.writer.trial_metrics(trial.trial_id, metrics_of(result))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
+        self._ckpt[trial.trial_id] = checkpoint
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self.writer.trial_tags(trial.trial_id, {"kdtune.retries": trial.num_failures,
+                                                "kdtune.last_error": error_reason(trial)})
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        last = trial.last_result or {}
+        epoch = last.get("epoch")
+        tags = {"kdtune.last_epoch": epoch}
+        if isinstance(epoch, (int, float)) and epoch < self.spec.epochs:
+            tags["kdtune.stopped_early"] = "true"  # ASHA stopped it at this rung
+        self.writer.trial_tags(trial.trial_id, {k: v for k, v in tags.items() if v is not None})
+        self._upload_checkpoint(trial)
+        self.writer.trial_end(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        text = error_text(trial)
+        if text:
+            self.writer.trial_text(trial.trial_id, text, "error.txt")
+        self._upload_checkpoint(trial)
+        self.writer.trial_end(trial.trial_id, "FAILED", reason=error_reason(trial))
+
+    def _upload_checkpoint(self, trial) -> None:
+        """The trial's latest checkpoint, read from Tune storage (local, NFS or s3://)."""
+        ckpt = None
+        try:
+            ckpt = trial.checkpoint
+        except Exception:  # noqa: BLE001
+            pass
+        ckpt = ckpt or self._ckpt.get(trial.trial_id)
+        if ckpt is None:
+            return
+        try:
+            from pyarrow.fs import LocalFileSystem
+
+            if isinstance(ckpt.filesystem, LocalFileSystem):
+                path = Path(ckpt.path) / CHECKPOINT
+                if path.is_file():
+                    self.writer.trial_checkpoint(trial.trial_id, path)
+                return
+            tmp = Path(tempfile.mkdtemp(prefix="kdtune-upload-"))
+            ckpt.to_directory(str(tmp))
+            if (tmp / CHECKPOINT).is_file():
+                self.writer.trial_checkpoint(trial.trial_id, tmp / CHECKPOINT, cleanup=True)
+            else:
+                shutil.rmtree(tmp, ignore_errors=True)
+        except Exception as e:  # noqa: BLE001 - tracking never stops a sweep; say so
+            self._log(f"MLflow: checkpoint of {trial} not uploaded ({type(e).__name__}: {e})")
+
+
+def sweep_callbacks(spec: Spec, resume: bool = False,
+                    log: Callable[[str], None] | None = None) -> list[Callback]:
+    """The callbacks ``kdtune sweep run`` passes to ``run_sweep``: MLflow logging."""
+    return [MLflowCallback(spec, resume, log=log)]
+
+
+__all__ = ["MLflowCallback", "metrics_of", "sweep_callbacks"]
