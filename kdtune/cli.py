@@ -116,6 +116,23 @@ def spaces_validate(files: list[Path] = typer.Argument(None, help="YAML files (d
         console.print(f"ok  {p}  ({n} parameters)", highlight=False)
 
 
+# Sweeps: the `sweep` group and `sweep run` (kdtune/cli_sweep.py); registered before the
+# modules below, which add their commands to this group.
+from kdtune.cli_sweep import sweep_app  # noqa: E402
+
+app.add_typer(sweep_app, name="sweep")
+
+# MLflow: `best`, `promote`, `ui` and `sweep list` (kdtune/cli_tracking.py).
+from kdtune.cli_tracking import register as _register_tracking  # noqa: E402
+
+_register_tracking(app)
+
+# Ray cluster: `sweep submit|status|logs|stop` via the Ray Jobs API (kdtune/cli_cluster.py).
+from kdtune.cli_cluster import register as _register_cluster  # noqa: E402
+
+_register_cluster(sweep_app)
+
+
 def main() -> None:
     app()
 

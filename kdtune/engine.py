@@ -63,6 +63,7 @@ class TrialContext:
     seed: int = 0
     teacher: TappedModel | None = None
     teacher_index: Tensor | None = None  # student label i → teacher logit column
+    teacher_classes: list[int] | None = None  # the teacher's original class ids, in its label order
     teacher_view: Callable[[Batch, tuple[str, ...]], dict[str, Any]] | None = None
     student: nn.Module | None = None
     extras: nn.ModuleDict = field(default_factory=nn.ModuleDict)

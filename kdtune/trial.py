@@ -31,6 +31,7 @@ def make_context(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | 
     ctx = TrialContext(spec=spec, common=common, data=data, device=dev, seed=seed)
     if teacher is not None and method.uses_teacher:
         ctx.teacher = load_teacher(teacher, dev)
+        ctx.teacher_classes = list(teacher.meta["classes"])
         ctx.teacher_index = class_index(teacher.meta["classes"], data.classes)
         if method.class_relation == "subset" and ctx.teacher_index is None:
             raise SpecError("student.classes: must be a subset of the teacher's classes "
