@@ -259,9 +259,11 @@ def train(ctx: TrialContext, method: Method, report: Report, *, epochs: int,
     final: dict[str, float] = {}
     for epoch in range(start, epochs):
         ctx.epoch = epoch
-        terms = run_epoch(ctx, method, step) if getattr(method, "trains", True) else {}
-        for s in schedules:
-            s.step()
+        terms = {}
+        if method.trains:  # e.g. `pretrained` is only evaluated: no steps, no schedule
+            terms = run_epoch(ctx, method, step)
+            for s in schedules:
+                s.step()
         metrics = dict(terms)
         metrics.update(method.on_epoch_end(ctx, epoch))
         method.before_eval(ctx)
