@@ -100,7 +100,7 @@ class Method:
 
     def loss(self, batch: Batch, s_out: dict[str, Any], t_out: dict[str, Any] | None,
              extras: nn.ModuleDict) -> dict[str, Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} must define loss()")
+        raise NotImplementedError(f"{type(self).__name__} must define loss() or a train_step")
 
     # ---- optional hooks (None / no-op defaults)
     def optimizers(self, ctx: "TrialContext") -> list[Any] | None:

@@ -33,6 +33,15 @@ def probe(model: nn.Module, ctx: "TrialContext", batch: int = 2) -> dict[str, An
     return out
 
 
+def conv_groups(teacher: nn.Module, student: nn.Module, ctx: "TrialContext",
+                what: str) -> tuple[list[Tensor], list[Tensor]]:
+    """Both models' group outputs on a probe batch; refuses models without conv feature maps."""
+    t, s = probe(teacher, ctx)["groups"], probe(student, ctx)["groups"]
+    if any(g.dim() != 4 for g in t + s):
+        raise ValueError(f"{what} needs conv feature maps; an MLP group has none")
+    return t, s
+
+
 def channels(t: Tensor) -> int:
     return t.shape[1]
 

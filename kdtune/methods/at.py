@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdtune.methods._base import Method, MethodParams
-from kdtune.methods._features import pair_from_last, probe, resize, size
+from kdtune.methods._features import pair_from_last, conv_groups, resize, size
 from kdtune.registry import METHODS
 
 P = 2  # the exponent of the attention map; the paper's best (p = 1 and 4 were worse)
@@ -52,9 +52,7 @@ class AT(Method):
     class_relation = "any"  # features only
 
     def build_extras(self, teacher, student, ctx) -> nn.ModuleDict:
-        t, s = probe(teacher, ctx)["groups"], probe(student, ctx)["groups"]
-        if any(g.dim() != 4 for g in t + s):
-            raise ValueError("at: attention maps need conv feature maps; an MLP group has none")
+        t, s = conv_groups(teacher, student, ctx, "at: attention maps")
         self.pairs = pair_from_last(len(t), len(s))
         return nn.ModuleDict()
 

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods._features import (
-    accumulate, channels, freeze, mean_terms, pair_from_last, probe, resize, sgd, size, stage_batches)
+    accumulate, channels, freeze, mean_terms, pair_from_last, conv_groups, resize, sgd, size, stage_batches)
 from kdtune.registry import METHODS
 
 PARAPHRASER_LR = 0.1  # the paper's ImageNet autoencoder rate (§4.3), set for a short stage like ours
@@ -93,9 +93,7 @@ class FT(Method):
     class_relation = "any"  # features only
 
     def build_extras(self, teacher, student, ctx) -> nn.ModuleDict:
-        t, s = probe(teacher, ctx)["groups"], probe(student, ctx)["groups"]
-        if any(g.dim() != 4 for g in t + s):
-            raise ValueError("ft: factor transfer needs conv feature maps; an MLP group has none")
+        t, s = conv_groups(teacher, student, ctx, "ft: factor transfer")
         pairs = pair_from_last(len(t), len(s))
         self.pairs = pairs[-1:] if self.p.groups == "last" else pairs
         self.sizes = [size(t[i]) for i, _ in self.pairs]

@@ -195,9 +195,6 @@ class KR(Method):
         agg = sgd(self.extras["agg"].parameters(), self.p.agg_lr, ctx.common, AGG_WEIGHT_DECAY)
         return [student, agg]  # the first one's lr is the one the engine reports
 
-    def loss(self, batch, s_out, t_out, extras):  # not used: train_step owns the update
-        raise NotImplementedError("kr trains through train_step")
-
     # ---- the two alternating updates
     def aggregate(self, teacher: nn.Module, x: Tensor) -> tuple[dict[str, Tensor], list[Tensor]]:
         """Eq. 9 terms and the aggregated network's outputs at each segment end."""
