@@ -94,10 +94,12 @@ class TrialContext:
         """The teacher's taps for a batch (no grad), logits restricted to the student's classes."""
         if not needs or self.teacher is None:
             return None
-        if self.teacher_view is not None:  # e.g. the shared teacher-output cache
-            return self.teacher_view(batch, needs)
+        if self.teacher_view is not None:  # the shared teacher-output cache (kdtune/shared.py)
+            out = self.teacher_view(batch, needs)
+            if out is not None:  # None: not cached for this batch/needs, run the teacher
+                return out
         with torch.no_grad(), autocast(self.device):
-            out = taps(self.teacher, batch.x, needs)
+            out = teacher_taps(self.teacher, batch.x, needs)
         return restrict(out, self.teacher_index)
 
 
@@ -112,6 +114,27 @@ def taps(model: nn.Module, x: Tensor, needs: tuple[str, ...]) -> dict[str, Any]:
     if tuple(needs) == ("logits",) or not hasattr(model, "forward_taps"):
         return {"logits": model(x)}
     return model.forward_taps(x)
+
+
+# Tiny batches take other kernels (one row: a GEMV-like conv path; the MLP's GEMM below 4
+# rows) whose rounding differs in the last bit; from 4 rows up a row's output is the same in any
+# batch (measured on CPU: cnn4, cnn_small, resnet20, vgg8, mlp). Running the teacher on at least
+# this many rows makes its per-row outputs independent of batching: what lets a cache computed
+# once in row order equal the live teacher on shuffled batches bit for bit.
+MIN_TEACHER_ROWS = 8
+
+
+def teacher_taps(model: nn.Module, x: Tensor, needs: tuple[str, ...]) -> dict[str, Any]:
+    """``taps`` for the frozen teacher, on at least ``MIN_TEACHER_ROWS`` rows (a short batch is
+    padded with copies of its first row, which are dropped from the outputs)."""
+    n = len(x)
+    if n >= MIN_TEACHER_ROWS or n == 0:
+        return taps(model, x, needs)
+    # Pad by indexing, not torch.cat: indexing keeps x's channels_last strides (TensorLoader),
+    # which pick the conv kernel; a cat gives NCHW strides, another kernel, other last bits.
+    pad = torch.zeros(MIN_TEACHER_ROWS - n, dtype=torch.long, device=x.device)
+    out = taps(model, x[torch.cat([torch.arange(n, device=x.device), pad])], needs)
+    return {k: [g[:n] for g in v] if isinstance(v, list) else v[:n] for k, v in out.items()}
 
 
 def autocast(device: torch.device):
@@ -228,6 +251,8 @@ def train(ctx: TrialContext, method: Method, report: Report, *, epochs: int,
     ctx.extras = method.build_extras(ctx.teacher, ctx.student, ctx).to(ctx.device)
     if ctx.device.type == "cuda":
         ctx.student = ctx.student.to(memory_format=torch.channels_last)
+    if ctx.spec.compile:  # in place: state_dict keys and attributes (fc, groups) are unchanged
+        ctx.student.compile()  # compiles forward (logits); forward_taps runs eagerly
     start, stages_done = 0, 0
     if restore is not None:
         ctx.student.load_state_dict(restore["student"])
@@ -310,6 +335,18 @@ def save_state(state: dict[str, Any], path: str | Path) -> Path:
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """Weights-only load: refuses pickled code (a planted payload raises)."""
     return torch.load(path, map_location=device, weights_only=True)
+
+
+def refusal(e: BaseException) -> str:
+    """Why a weights-only load refused a file, in one line. (torch's own message opens with
+    advice to load it with ``weights_only=False``, i.e. to run whatever the file holds.)"""
+    import re
+
+    text = str(e)
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = found.group(1).split(". Please")[0].strip() if found else \
+        (text.strip().splitlines() or [type(e).__name__])[0]
+    return f"{type(e).__name__}: {reason[:200]}"
 
 
 def load_student(path: str | Path, device: str | torch.device = "cpu") -> TappedModel:

@@ -22,11 +22,16 @@ def student_data(spec: Spec):
 
 
 def make_context(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | None, *,
-                 seed: int, device: str | None = None):
-    """(context, method) for one run; raises SpecError for a class relation the method refuses."""
+                 seed: int, device: str | None = None, shared: dict[str, Any] | None = None):
+    """(context, method) for one run; raises SpecError for a class relation the method refuses.
+
+    ``shared``: what the sweep's driver prepared (``kdtune.shared.prepare_shared``): the data
+    view to memory-map and the teacher-output cache."""
+    from kdtune.shared import trial_data, use_teacher_outputs
+
     method = build_method(spec, config)
     common, _, _ = split_config(spec, config)
-    data = student_data(spec)
+    data = trial_data(spec, shared) if shared else student_data(spec)
     dev = pick_device(device or spec.device)
     ctx = TrialContext(spec=spec, common=common, data=data, device=dev, seed=seed)
     if teacher is not None and method.uses_teacher:
@@ -36,12 +41,14 @@ def make_context(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | 
         if method.class_relation == "subset" and ctx.teacher_index is None:
             raise SpecError("student.classes: must be a subset of the teacher's classes "
                             f"{teacher.meta['classes']} for this method (G→S)")
+        if shared:
+            use_teacher_outputs(ctx, method, shared)
     return ctx, method
 
 
 def run_trial(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | None,
               report: Report, *, seed: int, restore: dict[str, Any] | None = None,
-              device: str | None = None) -> dict[str, float]:
-    ctx, method = make_context(spec, config, teacher, seed=seed, device=device)
+              device: str | None = None, shared: dict[str, Any] | None = None) -> dict[str, float]:
+    ctx, method = make_context(spec, config, teacher, seed=seed, device=device, shared=shared)
     corr = [(spec.corruption.kind, lvl) for lvl in spec.corruption.levels]
     return train(ctx, method, report, epochs=spec.epochs, restore=restore, eval_corruption=corr)

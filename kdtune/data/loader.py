@@ -63,12 +63,26 @@ def crop_flip(x: Tensor, generator: torch.Generator | None = None, pad: int = 4)
     return xp.flatten(2).gather(2, flat.expand(b, c, h * w)).view(b, c, h, w)
 
 
+def normalize_into_channels_last(x01: Tensor, mean: Tensor, std: Tensor) -> Tensor:
+    """``(x01 - mean) / std`` written into a channels_last tensor, whatever x01's strides.
+
+    One layout for every batch: convs pick their kernel by the input's strides (on the CPU
+    oneDNN's NHWC kernels run these small CNNs up to ~2x faster than NCHW), and a 1-channel
+    tensor's strides otherwise depend on how its dataset was built (a size-1 dim's stride is
+    free), so the same images loaded or memory-mapped would take different kernels and give
+    different last bits."""
+    b, c, h, w = x01.shape
+    out = torch.empty((b, h, w, c), dtype=x01.dtype, device=x01.device).permute(0, 3, 1, 2)
+    return torch.sub(x01, mean, out=out).div_(std)
+
+
 class TensorLoader:
     """Yields ``(x, y, idx)`` per batch: x float32 normalised [B, C, H, W] on ``device``, y int64,
     idx int64 row indices into ``data`` (both on ``device``).
 
-    The uint8 images move to ``device`` once; each batch is converted there as
-    ``(x/255 - mean)/std``. Each ``__iter__`` is the next epoch (``self.epoch`` counts them; set
+    The uint8 images move to ``device`` once (on the CPU: no copy, so a memory-mapped
+    ``data.x`` stays shared; the loader never writes into it); each batch is converted there as
+    ``(x/255 - mean)/std``, in channels_last layout. Each ``__iter__`` is the next epoch (``self.epoch`` counts them; set
     it when resuming): shuffle order and augmentation are seeded by (seed, epoch), so runs
     reproduce. ``augment``: random crop with 4-pixel padding + horizontal flip. ``corruption``
     ``(kind, level)`` (see ``corrupt``) is applied before normalisation, seeded by ``seed`` alone,
@@ -120,4 +134,4 @@ class TensorLoader:
             x = x.float().div_(255)
             if cor_g is not None:
                 x = corrupt(x, *self.corruption, generator=cor_g)
-            yield (x - self.mean).div_(self.std), self.y[idx], idx
+            yield normalize_into_channels_last(x, self.mean, self.std), self.y[idx], idx
