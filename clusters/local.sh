@@ -44,12 +44,36 @@ free_port() {  # a port nobody listens on now (Ray's fixed defaults clash with a
   "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
+# Loopback only. `--node-ip-address=127.0.0.1` alone does not do it in Ray 2.60: Ray resolves a
+# loopback address to the machine's outward IP (`services.resolve_ip_for_localhost`) in every
+# process that starts or joins a cluster, and its gRPC servers then listen on every interface.
+# RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 keeps 127.0.0.1 as it is in every process the nodes start
+# (raylets, agents, workers, job drivers: they connect to 127.0.0.1), but it also makes
+# `ray start --address` refuse to add a node; so `ray start` itself runs with that refusal off
+# and the address kept as given. Every process of every node then listens on 127.0.0.1 only
+# (tests/test_cluster.py checks it).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+ray_py() {  # the Python that runs `$RAY` (its shebang: /path/python or /usr/bin/env python3)
+  local line
+  read -r line <"$(command -v "$RAY")" || true
+  set -- ${line#\#!}
+  if [ "$(basename "$1")" = env ]; then echo "$2"; else echo "$1"; fi
+}
+RAY_LOOPBACK='import sys
+import ray._private.ray_constants as constants
+import ray._private.services as services
+constants.ENABLE_RAY_CLUSTER = True  # this process may join a cluster; its children see the env
+services.resolve_ip_for_localhost = lambda host: host
+from ray.scripts.scripts import main
+sys.argv[0] = "ray"
+sys.exit(main())'
+
 start_node() {  # name, then ray start arguments
   local name=$1; shift
   local tmp="$DIR/$name"  # keep it short: Ray's unix socket paths must stay < 108 bytes
   mkdir -p "$tmp"
   # setsid: the node and everything it spawns form one process group that `stop` can end.
-  setsid "$RAY" start --block --node-ip-address=127.0.0.1 --temp-dir="$tmp" \
+  setsid "$(ray_py)" -c "$RAY_LOOPBACK" start --block --node-ip-address=127.0.0.1 --temp-dir="$tmp" \
     --num-cpus="$CPUS" --num-gpus="$GPUS" --disable-usage-stats \
     --dashboard-agent-listen-port="$(free_port)" "$@" >"$DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/$name.pid"

@@ -5,6 +5,7 @@ Each failure is a ``SpecError`` with one line naming the field and what is allow
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 from kdtune.config import Spec, SpecError
@@ -14,8 +15,9 @@ def check_spec(spec: Spec) -> None:
     import kdtune.models  # noqa: F401  (importing registers the model zoo)
     from kdtune.data import raw_data, resolve_classes
     from kdtune.methods import METHODS, build_method
-    from kdtune.params import resolve_params
+    from kdtune.params import CommonParams, resolve_params, spaces_for
     from kdtune.registry import DATASETS, MODELS, UnknownNameError
+    from kdtune.spaces import check_bounds
 
     for field, name, reg in [("data.name", spec.data.name, DATASETS),
                              ("teacher.model", spec.teacher.model, MODELS),
@@ -29,6 +31,11 @@ def check_spec(spec: Spec) -> None:
 
     config = resolve_params(spec)  # also validates every searched space file
     build_method(spec, config)  # validates fixed params against each Params model
+    common, spaces = spaces_for(spec)  # what trials will sample: within each Params' limits
+    check_bounds(common, CommonParams, "_common.yaml")
+    for m, space in spaces.items():
+        where = Path(spec.search.space).name if spec.search.space and len(spaces) == 1 else f"{m}.yaml"
+        check_bounds(space, METHODS.get(m).Params, where, f"params.{m}." if spec.prefixed else "params.")
     known = set(config)
     for k in spec.params:
         if k not in known:
@@ -39,10 +46,14 @@ def check_spec(spec: Spec) -> None:
     if ckpt and not ckpt.startswith("models:/") and not Path(ckpt).is_file():
         raise SpecError(f"teacher.checkpoint: file {ckpt!r} not found (fix the path or set null "
                         "to train the teacher)")
+    if ckpt and not ckpt.startswith("models:/"):
+        from kdtune.teacher import read_meta
+
+        read_meta(Path(ckpt))  # weights-only load now: a foreign or planted file stops here
 
     try:
         raw = raw_data(spec.data.name, spec.data.root, spec.data.download)
-    except (FileNotFoundError, RuntimeError, OSError) as e:
+    except (FileNotFoundError, RuntimeError, OSError, pickle.UnpicklingError) as e:
         raise SpecError(f"data.name: {spec.data.name} cannot be loaded: {str(e).splitlines()[0]}") from None
     try:
         t_cls = resolve_classes(spec.teacher.classes, raw.num_classes, "teacher.classes")

@@ -23,7 +23,12 @@ SetOpt = typer.Option([], "--set", help="Override a spec field: a.b=VALUE (VALUE
 
 
 def fail(msg: str, code: int = 2) -> None:
-    err.print(f"[red]error:[/red] {msg}", highlight=False, soft_wrap=True)
+    """One line on stderr, secrets masked; the message is text, not Rich markup (``[kd, ft]``)."""
+    from rich.markup import escape
+
+    from kdtune.redact import redact
+
+    err.print(f"[red]error:[/red] {escape(redact(msg))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

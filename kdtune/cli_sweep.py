@@ -40,23 +40,32 @@ def run(spec: Path = typer.Argument(..., help="Spec YAML (see examples/)."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and search space; "
                                      "start nothing.")) -> None:
     """Search a spec's hyperparameters with Ray Tune; writes <storage>/<name>/best.yaml."""
+    from rich.markup import escape
+
     from kdtune.config import load_spec
+    from kdtune.redact import redact
     from kdtune.tune.run import plan_sweep, run_sweep
 
     s = load_spec(spec, set_)
     if dry_run:
         plan = plan_sweep(s)
         for line in plan.lines():
-            console.print(line, highlight=False)
+            console.print(escape(redact(line)), highlight=False)
         console.print(_space_table(plan))
         for p in plan.first:
             console.print(f"evaluated first (paper defaults): {_params(p)}", highlight=False)
         return
-    result = run_sweep(s, resume=resume, callbacks=tracking_callbacks(s, resume),
-                       log=lambda m: console.print(m, highlight=False))
+    callbacks = tracking_callbacks(s, resume)
+    if callbacks:  # the tracking store answers (and takes writes) before Ray starts
+        from kdtune.tracking import check_tracking
+
+        check_tracking(s)
+    result = run_sweep(s, resume=resume, callbacks=callbacks,
+                       log=lambda m: console.print(escape(redact(m)), highlight=False))
     console.print(_top_table(result))
     for t in result.errors:
-        console.print(f"[red]failed[/red] {t.name}: {t.error} ({t.path}/error.txt)", highlight=False)
+        console.print(f"[red]failed[/red] {t.name}: {escape(redact(t.error or ''))} ({t.path}/error.txt)",
+                      highlight=False, soft_wrap=True)  # one line per trial (grep-able)
     if result.best is None:
         console.print(f"[red]no trial reported {s.metric}[/red]; see the errors above", highlight=False)
         raise typer.Exit(1)

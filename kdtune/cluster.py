@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from kdtune.config import Spec, SpecError, dump_spec, is_uri, spaces_dir
+from kdtune.config import Spec, SpecError, is_uri, spaces_dir
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_FILE = "spec.yaml"
@@ -97,7 +97,8 @@ def _loopback(url: str) -> bool:
 # --------------------------------------------------------------------------- the job
 def stage_job(spec: Spec, workdir: Path) -> Path:
     """Write the resolved spec, the search spaces and the spec's own space file into workdir."""
-    data = yaml.safe_load(dump_spec(spec))
+    # the job's input, not a record: real values (dump_spec masks secrets for what is logged)
+    data = spec.model_dump(mode="json")
     data["tracking"]["uri"] = spec.tracking_uri()  # what was checked is what the cluster uses
     if spec.search.space:
         shutil.copyfile(spec.search.space, workdir / OWN_SPACE)

@@ -74,7 +74,10 @@ class SchedulerSpec(_Model):
 
 class ResourcesSpec(_Model):
     cpu: float = Field(1.0, gt=0)
-    gpu: float = Field(0.0, ge=0)
+    gpu: float = Field(0.0, ge=0)  # 0: CPU-only trials
+    # host memory one trial may add (GiB), enforced as an address-space cap (kdtune/limits.py);
+    # null: no cap (Ray does not isolate trials' memory)
+    memory_gb: float | None = Field(None, gt=0)
 
     @field_validator("gpu")
     @classmethod
@@ -82,9 +85,17 @@ class ResourcesSpec(_Model):
         # Ray packs trials per card by fraction; 0.3 leaves a useless 0.1 on every card.
         if v > 1 and v != int(v):
             raise ValueError("a gpu count above 1 must be whole (e.g. 2)")
-        if 0 < v < 1 and abs(1 / v - round(1 / v)) > 1e-6:
-            raise ValueError(f"fraction {v} does not divide one GPU: use 1/n, e.g. 0.5, 0.25")
+        n = round(1 / v) if 0 < v < 1 else 1
+        if 0 < v < 1 and not 1 - 1e-3 <= n * v <= 1 + 1e-9:  # 0.3333 packs 3; 0.3 wastes 0.1
+            raise ValueError(f"fraction {v} does not divide one GPU: use 1/n, e.g. 0.5, 0.25, 0.3333")
         return v
+
+    @model_validator(mode="after")
+    def _memory_cap_cpu_only(self) -> "ResourcesSpec":
+        if self.memory_gb is not None and self.gpu > 0:
+            raise ValueError("memory_gb caps the trial's address space, which CUDA's large virtual "
+                             "reservations break: leave it null for GPU trials")
+        return self
 
 
 class CorruptionSpec(_Model):
@@ -125,6 +136,9 @@ class Spec(_Model):
     device: str = "auto"  # auto: the GPU Ray assigned (or cuda:0), else cpu
     max_failures: int = Field(1, ge=0)  # Tune retries of a trial from its last checkpoint
     corruption: CorruptionSpec = CorruptionSpec()
+    # torch.compile the student's forward (inductor). Off by default: on a 2-core CPU the
+    # compile time (tens of seconds, once per trial) outweighs the gain (benchmarks/README.md).
+    compile: bool = False
 
     @field_validator("method")
     @classmethod
@@ -160,6 +174,15 @@ class Spec(_Model):
         """Results of this spec: <storage>/<name> (storage is absolute after load)."""
         return Path(self.storage) / self.name
 
+    @property
+    def cache_dir(self) -> Path:
+        """Per-node files trials memory-map (data views, teacher outputs; kdtune/shared.py):
+        <storage>/cache, or $KDTUNE_CACHE / ~/.cache/kdtune/shared when storage is a URI."""
+        if not is_uri(self.storage):
+            return Path(self.storage) / "cache"
+        env = os.environ.get("KDTUNE_CACHE")
+        return Path(env) if env else Path.home() / ".cache" / "kdtune" / "shared"
+
     def tracking_uri(self) -> str:
         if self.tracking.uri:
             return self.tracking.uri
@@ -184,12 +207,20 @@ def _absolute(p: str | None) -> str | None:
 # --------------------------------------------------------------------------- loading
 def format_error(e: ValidationError, prefix: str = "") -> str:
     """One line: the dotted field, what is wrong, what was given."""
-    err = e.errors()[0]
+    errs = e.errors()
+    err = errs[0]
+    branches = {"literal['all']": "'all'", "list[int]": "a list of class ids", "FirstK": "{first: K}"}
+    union = [x for x in errs if any(str(p) in branches for p in x["loc"])]
+    if len(union) > 1:  # `classes` (all | [ids] | {first: k}): the branch that got furthest
+        err = max(union, key=lambda x: len(x["loc"]))
     loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "union[")))
     # pydantic names union members like `list[int]`; the user only needs the field path.
-    loc = ".".join(p for p in loc.split(".") if p not in ("list[int]", "FirstK", "literal['all']"))
+    loc = ".".join(p for p in loc.split(".") if p not in branches)
     field = f"{prefix}{loc}" if loc else prefix.rstrip(".") or "spec"
     msg = err["msg"].removeprefix("Value error, ")
+    if len(union) > 1 and len(err["loc"]) == len(union[0]["loc"]):  # no branch fitted at all
+        forms = [branches[str(x["loc"][-1])] for x in union if str(x["loc"][-1]) in branches]
+        msg = "expected " + " or ".join([", ".join(forms[:-1]), forms[-1]] if len(forms) > 1 else forms)
     given = err.get("input")
     shown = "" if isinstance(given, (dict, list)) or err["type"] == "missing" else f" (got {given!r})"
     return f"{field}: {msg}{shown}"
@@ -263,7 +294,18 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
 
 
 def dump_spec(spec: Spec) -> str:
-    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+    """The spec as YAML, secrets masked (kdtune/redact.py): every copy kdtune writes uses this."""
+    from kdtune.redact import redact_data
+
+    return yaml.safe_dump(redact_data(spec.model_dump(mode="json")), sort_keys=False)
+
+
+def masked(spec: Spec) -> Spec:
+    """A copy with every secret masked (kdtune/redact.py), for objects Tune pickles to disk (the
+    searcher, callbacks): they never need the real credentials."""
+    from kdtune.redact import redact_data
+
+    return Spec.model_validate(redact_data(spec.model_dump(mode="json")))
 
 
 # --------------------------------------------------------------------------- search spaces

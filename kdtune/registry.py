@@ -9,11 +9,13 @@ names a module (or object) whose import registers its entries.
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from importlib.metadata import entry_points
 from typing import Callable, Generic, Iterator, TypeVar
 
 T = TypeVar("T")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,99}$")
 
 
 class UnknownNameError(KeyError):
@@ -34,6 +36,11 @@ class Registry(Generic[T]):
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """``reg.register("x", obj)`` or as a decorator ``@reg.register("x")``."""
+
+        if not _NAME.match(name) or ".." in name:
+            # names become trial folders, run names and artifact paths: no separators, no `..`
+            raise ValueError(f"{self.kind} name {name!r}: use letters, digits, '_', '-', '.' "
+                             "(starting with a letter or digit)")
 
         def add(o: T) -> T:
             if name in self._items and self._items[name] is not o:

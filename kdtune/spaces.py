@@ -32,4 +32,30 @@ def validate_space_file(path: Path) -> int:
         target(**space.defaults())
     except Exception as e:
         raise SpecError(f"{Path(path).name}: defaults rejected by {name}: {str(e).splitlines()[-1]}") from None
+    check_bounds(space, target, Path(path).name)
     return len(space.params)
+
+
+def check_bounds(space, target, where: str, prefix: str = "params.") -> None:
+    """Every value a space can sample is one its ``Params`` accepts: both ends of a range, every
+    choice (so `temperature: {low: 0}` for a `gt=0` field fails now, not in a trial). Field
+    constraints only: cross-field rules are checked on the values a trial gets."""
+    from typing import Annotated
+
+    from pydantic import TypeAdapter, ValidationError
+
+    for name, p in space.params.items():
+        field = target.model_fields.get(name)
+        if field is None:
+            continue  # unknown names are reported by the Params check itself
+        t = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+        values = p.choices if p.type == "categorical" else [p.low, p.high]
+        for v in values:
+            try:
+                TypeAdapter(t).validate_python(p.cast(v))
+            except ValidationError as e:
+                msg = e.errors()[0]["msg"].removeprefix("Value error, ")
+                what = "choice" if p.type == "categorical" else ("low" if v == p.low else "high")
+                raise SpecError(f"{prefix}{name}: {what} {v!r} in {where} is not allowed "
+                                f"({msg})") from None
+

@@ -116,10 +116,19 @@ def _train_teacher(spec: Spec, folder: Path, log: Callable[[str], None]) -> Teac
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    from kdtune.engine import load_state
+    import pickle
+    import warnings
 
-    state = load_state(path)
-    if "arch" not in state or "student" not in state:
+    from kdtune.engine import load_state, refusal
+
+    try:
+        with warnings.catch_warnings():  # (torch warns about foreign pickle protocols)
+            warnings.simplefilter("ignore")
+            state = load_state(path)  # weights only: a pickled payload is refused, never run
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise SpecError(f"teacher.checkpoint: {str(path)!r} refused: not a kdtune checkpoint that "
+                        f"loads weights-only ({refusal(e)})") from None
+    if not isinstance(state, dict) or "arch" not in state or "student" not in state:
         raise SpecError(f"teacher.checkpoint: {str(path)!r} is not a kdtune checkpoint "
                         "(train one with `kdtune train` or pass a models:/ URI)")
     return dict(state.get("meta", {}), arch=state["arch"], classes=state["classes"])

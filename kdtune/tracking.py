@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from typing import Any, Callable, Iterable
 import yaml
 
 from kdtune.config import Spec, SpecError, dump_spec, parse_spec
+from kdtune.redact import redact, redact_data
 
 log_ = logging.getLogger("kdtune.tracking")
 
@@ -70,6 +72,9 @@ def _quiet_env() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # "🏃 View run … at: <tracking URI>" per ended run: noise from a background writer, and the
+    # URI as given (a password in it included); the sweep's last line names the store instead
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
 
 def client(uri: str):
@@ -84,9 +89,109 @@ def is_remote(uri: str) -> bool:
     return uri.split(":", 1)[0] in ("http", "https", "databricks", "databricks-uc", "uc")
 
 
+# --------------------------------------------------------------------------- before a sweep
+_DB_PORTS = {"postgresql": 5432, "postgres": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def check_tracking(spec: Spec, timeout: float | None = None) -> None:
+    """Refuse (SpecError, one line) a tracking store that cannot take the sweep's writes, before
+    Ray starts: an http(s) server that does not answer within ``timeout`` s
+    ($KDTUNE_TRACKING_CHECK_S, default 5) or refuses the credentials; a database host that
+    does not accept a connection; a sqlite/file store whose folder is not a writable folder.
+    Creates nothing (a missing folder is checked through its nearest existing parent)."""
+    from urllib.parse import urlsplit
+
+    uri = spec.tracking_uri()
+    field = ("tracking.uri" if spec.tracking.uri else
+             "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI") else "tracking.uri")
+    timeout = float(os.environ.get("KDTUNE_TRACKING_CHECK_S", 5)) if timeout is None else timeout
+    scheme = uri.split(":", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+    shown = redact(uri)
+    if scheme in ("http", "https"):
+        _check_server(uri, field, shown, timeout)
+    elif scheme == "sqlite":
+        path = uri.split("://", 1)[1].removeprefix("/")  # sqlite:///rel, sqlite:////abs
+        if path and path != ":memory:":
+            _check_folder(Path(path).expanduser().parent, field, shown, Path(path))
+    elif scheme == "file":
+        path = urlsplit(uri).path if "://" in uri else uri
+        _check_folder(Path(path).expanduser(), field, shown)
+    elif scheme in _DB_PORTS:
+        import socket
+
+        u = urlsplit(uri)
+        host, port = u.hostname or "localhost", u.port or _DB_PORTS[scheme]
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+        except OSError as e:
+            raise SpecError(f"{field}: the database at {shown} does not answer on {host}:{port} "
+                            f"within {timeout:g}s ({_one_line(e)}); start it or fix the URI") from None
+
+
+def _check_server(uri: str, field: str, shown: str, timeout: float) -> None:
+    """One authenticated request, the way MLflow's client will make it (env credentials first,
+    then a user:password in the URI; a token as a bearer)."""
+    import base64
+    import ssl
+    import urllib.error
+    import urllib.request
+    from urllib.parse import unquote, urlsplit
+
+    u = urlsplit(uri)
+    base = f"{u.scheme}://{u.netloc.rsplit('@', 1)[-1]}{u.path.rstrip('/')}"  # no userinfo
+    req = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME") or (unquote(u.username) if u.username else None)
+    pw = os.environ.get("MLFLOW_TRACKING_PASSWORD") or (unquote(u.password) if u.password else None)
+    if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        req.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    elif user and pw:
+        req.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode())
+    ctx = None
+    if u.scheme == "https":
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+        ctx = ssl._create_unverified_context() if insecure else ssl.create_default_context(
+            cafile=os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH") or None)
+    try:
+        with urllib.request.urlopen(req, timeout=timeout, context=ctx):
+            return
+    except urllib.error.HTTPError as e:
+        code = e.code
+    except (OSError, ValueError) as e:  # refused, unknown host, timeout, TLS
+        reason = getattr(e, "reason", e)
+        raise SpecError(f"{field}: the MLflow server at {shown} does not answer within {timeout:g}s "
+                        f"({redact(str(reason))}); start it (e.g. `kdtune ui`) or fix the URI") from None
+    if code == 401:
+        how = ("refused the credentials" if user or os.environ.get("MLFLOW_TRACKING_TOKEN") else
+               "needs credentials")
+        raise SpecError(f"{field}: the MLflow server at {shown} {how} (HTTP 401); set "
+                        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)")
+    if code == 403:
+        raise SpecError(f"{field}: the MLflow server at {shown} denies user {user!r} (HTTP 403); "
+                        "ask its admin for access")
+    raise SpecError(f"{field}: {shown} answered HTTP {code} to an MLflow API call; is it an MLflow "
+                    "tracking server (the URI without /api or #/ paths)?")
+
+
+def _check_folder(folder: Path, field: str, shown: str, db: Path | None = None) -> None:
+    if db is not None and db.exists() and not db.is_file():
+        raise SpecError(f"{field}: {shown}: {str(db)!r} exists and is not a file")
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent  # created at the first write; check where it will be created
+    if not probe.is_dir():
+        raise SpecError(f"{field}: {shown}: {str(probe)!r} is not a folder, so the store "
+                        f"cannot be created in {str(folder)!r}")
+    try:
+        tempfile.TemporaryFile(dir=probe).close()
+    except OSError as e:
+        raise SpecError(f"{field}: {shown}: the folder {str(probe)!r} is not writable "
+                        f"({e.strerror or type(e).__name__}); choose another storage or tracking.uri") from None
+
+
 def _str(v: Any) -> str:
+    """A param/tag value as MLflow stores it: text, secrets masked, within MLflow's limit."""
     s = v if isinstance(v, str) else json.dumps(v, default=str) if isinstance(v, (dict, list)) else str(v)
-    return s[:_PARAM_MAX]
+    return redact(s)[:_PARAM_MAX]
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -119,13 +224,15 @@ def _q(s: str) -> str:
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     """``models:/NAME@alias`` → (name, alias, None); ``models:/NAME/3`` → (name, None, "3")."""
     body = uri.removeprefix("models:/")
+    # the name becomes a cache folder (teachers/registry/NAME/vN): never a path of its own
+    ok = lambda n: bool(n) and "/" not in n and "\\" not in n and n not in (".", "..")  # noqa: E731
     if "@" in body:
         name, alias = body.rsplit("@", 1)
-        if name and alias and "/" not in name:
+        if ok(name) and alias:
             return name, alias, None
     else:
         name, _, version = body.partition("/")
-        if name and version.isdigit():
+        if ok(name) and version.isdigit():
             return name, None, version
     raise SpecError(f"teacher.checkpoint: {uri!r} is not models:/NAME@alias or models:/NAME/VERSION")
 
@@ -245,7 +352,7 @@ class SweepWriter:
         return self.report(len(left))
 
     def report(self, left: int = 0) -> str:
-        where = f"{self.uri} (experiment {self.spec.name!r}"
+        where = f"{redact(self.uri)} (experiment {self.spec.name!r}"
         where += f", parent run {self.runs['parent']})" if "parent" in self.runs else ")"
         msg = f"MLflow: {self.sent} writes sent to {where}"
         if left:
@@ -271,8 +378,9 @@ class SweepWriter:
                     op = dict(op, path=str(dst), cleanup=True)
                 except OSError as e:
                     log_.error("cannot keep %s for a later upload: %s", path, e)
-            kept.append(op)
-        segment = {"uri": self.uri, "experiment_id": self.exp_id, "runs": dict(self.runs), "ops": kept}
+            kept.append(redact_data(op))  # what MLflow would get anyway: no secret on disk
+        segment = {"uri": redact(self.uri), "experiment_id": self.exp_id, "runs": dict(self.runs),
+                   "ops": kept}
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.run_dir / PENDING_FILE, "a") as f:
@@ -299,7 +407,8 @@ class SweepWriter:
         for seg in self._replay:
             self.runs, self.exp_id = dict(seg.get("runs", {})), seg.get("experiment_id")
             # the writes belong to the store they were meant for, even if the spec moved since
-            self._client = own[2] if seg.get("uri", self.uri) == self.uri else self._client_factory(seg["uri"])
+            same = seg.get("uri", self.uri) in (self.uri, redact(self.uri))  # (saved masked)
+            self._client = own[2] if same else self._client_factory(seg["uri"])
             ops = list(seg.get("ops", []))
             while ops:
                 try:
@@ -358,7 +467,7 @@ class SweepWriter:
         else:
             run_id = c.create_run(self.exp_id, run_name=op["name"], tags=op["tags"]).info.run_id
             _log_batch(c, run_id, params=op["params"])
-            c.log_text(run_id, op["spec_yaml"], "spec.yaml")
+            c.log_text(run_id, redact(op["spec_yaml"]), "spec.yaml")
         self.runs["parent"] = run_id
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -404,15 +513,15 @@ class SweepWriter:
         run_id = c.create_run(self.exp_id, run_name=op["name"], tags=tags).info.run_id
         self.runs[key] = run_id
         _log_batch(c, run_id, params=op["params"])
-        c.log_text(run_id, op["config_yaml"], "config.yaml")
-        c.log_text(run_id, op["spec_yaml"], "spec.yaml")
+        c.log_text(run_id, redact(op["config_yaml"]), "config.yaml")
+        c.log_text(run_id, redact(op["spec_yaml"]), "spec.yaml")
 
     def _op_log(self, op: dict) -> None:
         _log_batch(self.client, self._run(op["key"]), metrics=op.get("metrics", ()),
                    params=op.get("params", {}), tags=op.get("tags", {}), ts=op.get("ts"))
 
     def _op_text(self, op: dict) -> None:
-        self.client.log_text(self._run(op["key"]), op["text"], op["file"])
+        self.client.log_text(self._run(op["key"]), redact(op["text"]), op["file"])
 
     def _op_artifact(self, op: dict) -> None:
         path = Path(op["path"])
@@ -424,6 +533,37 @@ class SweepWriter:
 
     def _op_end(self, op: dict) -> None:
         self.client.set_terminated(self._run(op["key"]), op["status"])
+
+    def _op_settle(self, op: dict) -> None:
+        """A trial's run made whole from its full result history (after a driver crash):
+        found or created, every (metric, step) it lacks logged once, and, when ``status`` is
+        given and the run is not already ended, tagged, checkpointed and ended."""
+        c = self.client
+        key = op["key"]
+        parent = self._run("parent")
+        found = self.runs.get(key) or next(
+            (r.info.run_id for r in _search(c, self.exp_id, f"tags.`{PARENT_TAG}` = '{parent}' and "
+                                            f"tags.`{TRIAL_ID_TAG}` = '{_q(op['trial_id'])}'")), None)
+        if found is None:
+            self._op_child(dict(op, op="child", tags=op["child_tags"]))
+            found = self.runs[key]
+        self.runs[key] = found
+        latest: dict[tuple[str, int], float] = {}
+        for k, v, step in op["metrics"]:
+            latest[(k, int(step))] = float(v)  # an epoch run twice (a restart): its last value
+        have: dict[str, set[int]] = {}
+        for k in {k for k, _ in latest}:
+            have[k] = {m.step for m in c.get_metric_history(found, k)}
+        missing = [(k, v, step) for (k, step), v in latest.items() if step not in have[k]]
+        _log_batch(c, found, metrics=missing, ts=op.get("ts"))
+        status = op.get("status")
+        if not status or c.get_run(found).info.status in ("FINISHED", "FAILED"):
+            return
+        _log_batch(c, found, tags=op.get("tags", {}))
+        ckpt = op.get("checkpoint")
+        if ckpt and Path(ckpt).is_file() and run_checkpoint(c, found) is None:
+            c.log_artifact(found, ckpt, CHECKPOINT_DIR)
+        c.set_terminated(found, status)
 
     # ---- what the callback calls (all non-blocking)
     def start_sweep(self) -> None:
@@ -504,6 +644,23 @@ class SweepWriter:
             self.trial_tags(trial_id, {ERROR_TAG: reason})
         self.put({"op": "end", "key": trial_id, "status": status})
 
+    def trial_settle(self, trial_id: str, name: str, config: dict[str, Any],
+                     metrics: Iterable[tuple[str, float, int]], *, status: str | None = None,
+                     tags: dict[str, Any] | None = None, checkpoint: str | None = None,
+                     spec_yaml: str | None = None) -> None:
+        """Fill a trial's run from its whole history (see ``_op_settle``); with ``status``, end
+        it too unless it already ended. Idempotent: safe to send after every driver restart."""
+        self.started.add(trial_id)
+        spec_yaml = spec_yaml or dump_spec(self.spec.model_copy(update={"params": dict(config)}))
+        self.put({"op": "settle", "key": trial_id, "trial_id": trial_id, "name": name,
+                  "tags": {k: _str(v) for k, v in (tags or {}).items()},
+                  "child_tags": {ROLE: TRIAL, TRIAL_ID_TAG: trial_id, SWEEP_TAG: self.spec.name,
+                                 "kdtune.method": str(config.get("method", "+".join(self.spec.methods)))},
+                  "params": {k: v for k, v in flatten(dict(config)).items()},
+                  "config_yaml": yaml.safe_dump(_plain(config), sort_keys=False),
+                  "spec_yaml": spec_yaml, "status": status, "checkpoint": checkpoint,
+                  "metrics": [(k, float(v), int(st)) for k, v, st in metrics], "ts": _now_ms()})
+
     def end_sweep(self, status: str = "FINISHED") -> None:
         self.put({"op": "end", "key": "parent", "status": status})
 
@@ -531,8 +688,12 @@ def _sha(path: str | Path) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+    text = redact(str(e)).strip().splitlines()
+    first = text[0] if text else ""
+    if "NewConnectionError" in first or "Connection refused" in first:  # urllib3's long story
+        url = re.search(r"API request to (\S+)", first)
+        first = f"{url.group(1) if url else 'the server'}: connection refused (is the server up?)"
+    return f"{type(e).__name__}: {first[:300]}"
 
 
 def _describe(op: dict) -> str:
@@ -717,7 +878,9 @@ def write_best_yaml(uri: str, best: dict[str, Any], path: str | Path | None = No
     text = _read_text(client(uri), top["run_id"], "spec.yaml")
     if text is None:
         return None
-    run_dir = best.get("run_dir") or str(parse_spec(yaml.safe_load(text)).run_dir)
+    run_dir = best.get("run_dir")
+    if not run_dir or Path(run_dir).name != best["sweep"]:  # a tag is data: <storage>/<sweep> only
+        run_dir = str(parse_spec(yaml.safe_load(text)).run_dir)
     target = Path(path) if path else Path(run_dir) / "best.yaml"
     if "://" in str(target):
         return None  # remote storage: the run's spec.yaml artifact is the copy
@@ -828,14 +991,14 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
     name = model_name or (tags.get(SWEEP_TAG) or exp.name)
 
     import torch
-    from kdtune.engine import load_student
+    from kdtune.engine import load_student, refusal
 
     with tempfile.TemporaryDirectory() as d:
         ckpt = Path(c.download_artifacts(rid, art, d))
         try:
-            model = load_student(ckpt, "cpu")
+            model = load_student(ckpt, "cpu")  # weights only: a planted pickle is refused
         except Exception as e:  # noqa: BLE001 - a foreign or damaged file
-            raise SpecError(f"run {rid}: {art} is not a loadable kdtune checkpoint ({_one_line(e)})") from None
+            raise SpecError(f"run {rid}: {art} is not a loadable kdtune checkpoint ({refusal(e)})") from None
         if Path(ckpt).name != "checkpoint.pt":  # one name inside every model (teacher.pt → checkpoint.pt)
             ckpt = Path(shutil.copy2(ckpt, Path(d) / "checkpoint.pt"))
         example = _input_example(uri, run, model)

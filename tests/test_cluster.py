@@ -555,6 +555,23 @@ def _trial_actors(address: str, job_hex: str) -> list:
 
 
 @pytest.mark.slow
+def test_local_cluster_listens_on_loopback_only(ray_cluster, shared_dir):
+    """Every TCP socket of every process of both nodes clusters/local.sh started (GCS,
+    raylets, agents, dashboard, workers) is on 127.0.0.1 (issue 9; Ray 2.60 would otherwise
+    turn `--node-ip-address=127.0.0.1` into the machine's outward address)."""
+    import psutil
+
+    pids: set[int] = set()
+    for f in (shared_dir / "ray").glob("*.pid"):
+        node = psutil.Process(int(f.read_text()))
+        pids |= {node.pid, *(c.pid for c in node.children(recursive=True))}
+    socks = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+             if c.status == psutil.CONN_LISTEN and c.pid in pids}
+    assert len(socks) > 8, socks  # two nodes' worth of servers were found
+    assert {ip for ip, _ in socks} <= {"127.0.0.1", "::ffff:127.0.0.1", "::1"}, socks
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_submit_wait_runs_trials_on_both_nodes_into_postgres_mlflow(ray_boot, mlflow_server, ray_cluster,
                                                                      shared_dir):

@@ -412,3 +412,25 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
     trials = ExperimentAnalysis(str(exp)).trials
     assert len(trials) == 6 and all(t.status == "TERMINATED" for t in trials)
     assert all(trial_rows(Path(t.path))[-1]["epoch"] == 3 for t in trials)
+
+    # MLflow (the sweep's default sqlite store; issue 9): the same parent run, FINISHED, with
+    # exactly one child per trial, each FINISHED with every epoch; the trials finished before
+    # the kill have each epoch once (not re-run, not re-logged). Writes the killed driver still
+    # had queued are made up from the trials' result.json on resume (callbacks.py: settle).
+    from mlflow import MlflowClient
+
+    c = MlflowClient(f"sqlite:///{tmp_path / 'res' / 'mlflow.db'}")
+    runs = c.search_runs([c.get_experiment_by_name("resume").experiment_id], max_results=100)
+    (parent,) = [r for r in runs if r.data.tags.get("kdtune.role") == "sweep"]
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_id == (exp / "mlflow_parent_run_id").read_text().strip()
+    kids = {r.data.tags["kdtune.trial_id"]: r for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert sorted(kids) == sorted(t.trial_id for t in trials)
+    assert len([r for r in runs if r.data.tags.get("kdtune.role") == "trial"]) == len(trials)
+    for t in trials:
+        k = kids[t.trial_id]
+        steps = [h.step for h in c.get_metric_history(k.info.run_id, "val_acc")]
+        assert k.info.status == "FINISHED" and sorted(set(steps)) == [1, 2, 3], (t, steps)
+        if Path(t.path).name in done_before:
+            assert steps == [1, 2, 3], (t, steps)

@@ -108,6 +108,21 @@ def fashion_mnist(root: str | None, download: bool) -> RawData:
     return _torchvision_idx(FashionMNIST, "fashion-mnist", root, download, 0.2860, 0.3530)
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: read them allowing only what they hold (dicts, lists, bytes,
+    numpy arrays), so a planted file under ``data.root`` cannot run code (it raises)."""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+               *((m, f) for m in ("numpy.core.multiarray", "numpy._core.multiarray")
+                 for f in ("_reconstruct", "scalar")),
+               *((m, "_frombuffer") for m in ("numpy.core.numeric", "numpy._core.numeric"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a dataset batch")
+        return super().find_class(module, name)
+
+
 def _cifar(cls, name: str, root: str | None, download: bool, mean, std) -> RawData:
     """CIFAR's python-pickle batches under ROOT/<base_folder>/.
 
@@ -123,7 +138,7 @@ def _cifar(cls, name: str, root: str | None, download: bool, mean, std) -> RawDa
 
     def read(f: str) -> dict:
         with open(folder / f, "rb") as fh:
-            return pickle.load(fh, encoding="latin1")  # the format is pickle; as torchvision does
+            return _ArrayUnpickler(fh, encoding="latin1").load()  # the format is pickle
 
     def split(lst) -> tuple[Tensor, Tensor]:
         batches = [read(f) for f, _ in lst]

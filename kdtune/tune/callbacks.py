@@ -12,11 +12,18 @@ tracking operations:
   terms (``stage/<name>/...``) at their own stage epoch;
 - ``on_trial_complete`` / ``on_trial_error``: the trial's latest checkpoint from Tune storage
   (``trial.checkpoint``), then FINISHED or FAILED with the error's last line as ``kdtune.error``;
-- ``on_experiment_end``: flush, and one line saying what was sent (and what was not).
+- ``on_experiment_end``: flush, and one line saying what was sent (and what was not);
+- after a driver crash (``--resume``): trials that ended while no driver was logging, or whose
+  last writes died with it, are *settled* from their ``result.json`` (every missing (metric,
+  step) logged once, the run ended with the trial's status); trials that restart fill the
+  holes the same way when they end. Nothing is logged twice.
+
+Secrets never leave through here: everything written goes through ``kdtune.redact``.
 """
 
 from __future__ import annotations
 
+import json
 import numbers
 import shutil
 import tempfile
@@ -25,8 +32,9 @@ from typing import Any, Callable
 
 from ray.tune import Callback
 
-from kdtune.config import Spec, dump_spec
+from kdtune.config import Spec, dump_spec, masked
 from kdtune.engine import CHECKPOINT
+from kdtune.redact import redact
 from kdtune.tracking import SweepWriter
 
 # Keys Ray adds to every result: bookkeeping, not the trial's measurements.
@@ -82,6 +90,9 @@ def error_reason(trial) -> str:
     return (lines[-1] if lines else "trial failed (no error text)")[:5000]
 
 
+_LIVE_SPECS: dict[int, Spec] = {}  # unmasked specs of this process's callbacks (see __getstate__)
+
+
 class MLflowCallback(Callback):
     """Logs a sweep to MLflow from the driver (see the module docstring)."""
 
@@ -94,6 +105,7 @@ class MLflowCallback(Callback):
         self._ckpt: dict[str, Any] = {}
         self._teacher_path: str | None = None
         self._closed = False
+        self._settled = False  # restored trials reconciled (once per driver)
 
     # ---- the experiment
     def setup(self, **info) -> None:
@@ -123,6 +135,7 @@ class MLflowCallback(Callback):
         the unfinished trials and the parent end KILLED (``--resume`` sets them RUNNING again)."""
         if self.writer is None:
             return
+        self._settle_restored(trials)  # (a resumed sweep with nothing left to run)
         unfinished = [t for t in trials if t.status not in ("TERMINATED", "ERROR")]
         for t in unfinished:
             if t.trial_id in self.writer.started:
@@ -141,26 +154,76 @@ class MLflowCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its run config (callbacks included) with the experiment: the writer
-        # (a thread, a client) and checkpoint handles belong to this process only.
-        return dict(self.__dict__, writer=None, _ckpt={}, _closed=False)
+        # (a thread, a client) and checkpoint handles belong to this process only; the spec
+        # goes masked (`--resume` replaces these callbacks, so no secret needs to be on disk).
+        _LIVE_SPECS[id(self.spec)] = self.spec  # a copy made in this process gets it back
+        return dict(self.__dict__, spec=masked(self.spec), _spec_id=id(self.spec), writer=None, _ckpt={},
+                    _closed=False, _settled=False)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        live = _LIVE_SPECS.get(state.pop("_spec_id", None))
+        self.__dict__.update(state, **({"spec": live} if live is not None else {}))
 
     def _log(self, msg: str) -> None:
         # resolved per call (not stored): Ray swaps builtins.print in the driver, and a stored
         # `print` then no longer pickles by reference
-        (self.log or print)(msg)
+        (self.log or print)(redact(msg))
 
     # ---- trials
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        from kdtune.tune.run import best_spec, trial_name
-        from kdtune.tune.trainable import trial_seed
+        from kdtune.tune.run import trial_name
 
         name = trial_name(trial)
         config = dict(trial.config or {})
+        self.writer.trial_start(trial.trial_id, name, config, spec_yaml=self._trial_spec(name, config))
+
+    def _trial_spec(self, name: str, config: dict[str, Any]) -> str:
+        """The spec.yaml that reproduces a trial (its config fixed, its seed, its teacher)."""
+        from kdtune.tune.run import best_spec
+        from kdtune.tune.trainable import trial_seed
+
         try:
-            fixed = dump_spec(best_spec(self.spec, config, trial_seed(self.spec, name), self._teacher_path))
+            return dump_spec(best_spec(self.spec, config, trial_seed(self.spec, name), self._teacher_path))
         except Exception:  # noqa: BLE001 - e.g. a config the schema refuses: still log the trial
-            fixed = dump_spec(self.spec.model_copy(update={"params": config}))
-        self.writer.trial_start(trial.trial_id, name, config, spec_yaml=fixed)
+            return dump_spec(self.spec.model_copy(update={"params": config}))
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        self._settle_restored(trials)
+
+    def _settle_restored(self, trials) -> None:
+        """Once per resumed driver: every trial that already ended gets its run settled."""
+        if self._settled or not self.resume or self.writer is None:
+            return
+        self._settled = True
+        for t in trials:
+            if t.status in ("TERMINATED", "ERROR"):
+                self._settle(t, "FINISHED" if t.status == "TERMINATED" else "FAILED")
+
+    def _settle(self, trial, status: str | None) -> None:
+        from kdtune.tune.run import trial_name
+
+        rows = result_rows(trial)
+        metrics = [m for r in rows for m in metrics_of(r)]
+        last = rows[-1] if rows else (trial.last_result or {})
+        tags: dict[str, Any] = {"kdtune.last_epoch": last.get("epoch")}
+        if status == "FAILED":
+            tags["kdtune.error"] = error_reason(trial)
+        name, config = trial_name(trial), dict(trial.config or {})
+        self.writer.trial_settle(trial.trial_id, name, config, metrics, status=status,
+                                 checkpoint=self._local_checkpoint(trial),
+                                 tags={k: v for k, v in tags.items() if v is not None},
+                                 spec_yaml=self._trial_spec(name, config))
+
+    def _local_checkpoint(self, trial) -> str | None:
+        try:
+            from pyarrow.fs import LocalFileSystem
+
+            ckpt = trial.checkpoint
+            if ckpt is not None and isinstance(ckpt.filesystem, LocalFileSystem):
+                return str(Path(ckpt.path) / CHECKPOINT)
+        except Exception:  # noqa: BLE001
+            pass
+        return None
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         self.writer.trial_metrics(trial.trial_id, metrics_of(result))
@@ -179,6 +242,8 @@ class MLflowCallback(Callback):
         if isinstance(epoch, (int, float)) and epoch < self.spec.epochs:
             tags["kdtune.stopped_early"] = "true"  # ASHA stopped it at this rung
         self.writer.trial_tags(trial.trial_id, {k: v for k, v in tags.items() if v is not None})
+        if self.resume:  # epochs logged by a driver that died with its queue: fill them in
+            self._settle(trial, None)
         self._upload_checkpoint(trial)
         self.writer.trial_end(trial.trial_id, "FINISHED")
 
@@ -186,6 +251,8 @@ class MLflowCallback(Callback):
         text = error_text(trial)
         if text:
             self.writer.trial_text(trial.trial_id, text, "error.txt")
+        if self.resume:
+            self._settle(trial, None)
         self._upload_checkpoint(trial)
         self.writer.trial_end(trial.trial_id, "FAILED", reason=error_reason(trial))
 
@@ -215,6 +282,24 @@ class MLflowCallback(Callback):
                 shutil.rmtree(tmp, ignore_errors=True)
         except Exception as e:  # noqa: BLE001 - tracking never stops a sweep; say so
             self._log(f"MLflow: checkpoint of {trial} not uploaded ({type(e).__name__}: {e})")
+
+
+def result_rows(trial) -> list[dict[str, Any]]:
+    """Every result a trial reported (its ``result.json`` in Tune storage; a line cut short by
+    a crash is skipped)."""
+    try:
+        fs = trial.storage.storage_filesystem
+        with fs.open_input_stream(f"{trial.storage.trial_fs_path}/result.json") as f:
+            text = f.readall().decode()
+    except Exception:  # noqa: BLE001 - never reported, or storage unreachable
+        return []
+    rows = []
+    for line in text.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
 
 
 def sweep_callbacks(spec: Spec, resume: bool = False,

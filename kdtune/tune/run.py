@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -142,11 +143,53 @@ def plan_sweep(spec: Spec, cluster: dict[str, float] | None = None) -> SweepPlan
 
 # --------------------------------------------------------------------------- Ray and the Tuner
 def init_ray() -> None:
-    """A new local Ray unless RAY_ADDRESS names a cluster; nothing if already initialised."""
+    """A new local Ray unless RAY_ADDRESS names a cluster; nothing if already initialised.
+
+    A new local Ray listens on 127.0.0.1 only (its GCS, raylet, workers, agents; the dashboard
+    binds 127.0.0.1 by default): nothing of a sweep on a shared machine is reachable from the
+    network. To use other machines, start a cluster (`ray start`, clusters/) and set RAY_ADDRESS.
+    """
     if ray.is_initialized():
         return
-    # `local`: never attach silently to some other `ray start` cluster on this machine
-    ray.init(address=os.environ.get("RAY_ADDRESS") or "local", logging_level="WARNING")
+    address = os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, logging_level="WARNING")
+        return
+    with _private_node():
+        # `local`: never attach silently to some other `ray start` cluster on this machine
+        ray.init(address="local", logging_level="WARNING", _node_ip_address="127.0.0.1")
+
+
+@contextmanager
+def _private_node():
+    """Settings a new local Ray starts with (its processes inherit them), put back afterwards:
+    a later ``ray start`` or a connection to a real cluster from this process sees the usual ones.
+
+    - Loopback only. Ray 2.60 turns ``_node_ip_address="127.0.0.1"`` into the machine's
+      outward address (``services.resolve_ip_for_localhost``) and binds its gRPC servers to
+      every interface, unless multi-node clusters are off: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+      read at import (``ray_constants.ENABLE_RAY_CLUSTER``, set here too).
+    - ``RAY_LOGGER_LEVEL=warning`` (unless set): Ray Tune hands each trial actor the driver's
+      AWS credentials as runtime-env variables, and Ray's runtime-env agent logs every runtime
+      env at INFO into the world-readable /tmp/ray/session_*/logs.
+    """
+    from ray._private import ray_constants
+
+    env = {ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0",
+           "RAY_LOGGER_LEVEL": os.environ.get("RAY_LOGGER_LEVEL", "warning")}
+    old_env = {k: os.environ.get(k) for k in env}
+    old_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(env)
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = old_flag
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def trial_name(trial) -> str:
@@ -356,6 +399,7 @@ def _short(v: Any) -> str:
 def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
               log: Log = print) -> SweepResult:
     """Run (or with ``resume`` continue) the sweep a spec describes; writes best.yaml."""
+    from kdtune.shared import prepare_shared
     from kdtune.teacher import ensure_teacher, needs_teacher
     from kdtune.tune.trainable import make_trainable
 
@@ -371,7 +415,9 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
         write_text(f"{path}/{SPEC_FILE}", dump_spec(spec))
     init_ray()
     teacher = ensure_teacher(spec, log=log) if needs_teacher(spec) else None
-    trainable = make_trainable(spec, teacher)
+    # once per sweep: the data view and teacher outputs every trial on this node memory-maps
+    shared = prepare_shared(spec, teacher, log=log)
+    trainable = make_trainable(spec, teacher, shared=shared)
     cbs = [Progress(spec.metric, spec.mode, spec.epochs), *callbacks]
     if resume:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)

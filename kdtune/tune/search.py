@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from ray.tune.search.optuna import OptunaSearch
 
-from kdtune.config import ParamSpace, SearchSpace, Spec, SpecError
+from kdtune.config import ParamSpace, SearchSpace, Spec, SpecError, masked
 from kdtune.params import COMMON, spaces_for
 
 # Weight of the composition's single cross-entropy term (engine term `ce`). 1.0 is Hinton et
@@ -49,7 +49,7 @@ class SweepSpace:
     """Everything a spec searches, in a fixed order, with its conditions."""
 
     def __init__(self, spec: Spec) -> None:
-        self.spec = spec
+        self.spec = masked(spec)  # pickled with the searcher (tuner.pkl): no secret on disk
         self.common, self.spaces = spaces_for(spec)
         self.fixed = dict(spec.params)
         self.choice = list(spec.methods) if spec.prefixed and not spec.compose else None

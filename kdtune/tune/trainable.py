@@ -46,26 +46,32 @@ def trial_seed(spec: Spec, trial_name: str) -> int:
     return spec.search.seed + trial_number(trial_name)
 
 
-def make_trainable(spec: Spec, teacher: TeacherArtifact | None, run: RunTrial = run_trial):
+def make_trainable(spec: Spec, teacher: TeacherArtifact | None, run: RunTrial = run_trial,
+                   shared: dict[str, Any] | None = None):
     """The Tune trainable for a spec, with its per-trial resources attached.
 
     ``run`` is ``kdtune.trial.run_trial``; tests pass a stand-in with the same signature.
+    ``shared``: the files the driver prepared (``kdtune.shared.prepare_shared``), by path.
     """
     name = trainable_name(spec)
 
     def trainable(config: dict[str, Any], spec_json: str, teacher_ref: dict | None,
-                  run: RunTrial) -> None:
-        run_in_tune(config, spec_json, teacher_ref, run)
+                  run: RunTrial, shared_ref: dict | None = None) -> None:
+        run_in_tune(config, spec_json, teacher_ref, run, shared_ref)
 
     # A new function object per spec: renaming it names the trials without touching others.
     trainable.__name__ = trainable.__qualname__ = name
     ref = {"path": str(teacher.path), "meta": teacher.meta} if teacher is not None else None
-    fn = tune.with_parameters(trainable, spec_json=spec.model_dump_json(), teacher_ref=ref, run=run)
-    return tune.with_resources(fn, {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu})
+    fn = tune.with_parameters(trainable, spec_json=spec.model_dump_json(), teacher_ref=ref, run=run,
+                              shared_ref=shared)
+    res = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
+    if spec.resources.memory_gb:  # Ray schedules by it too (no more trials than memory allows)
+        res["memory"] = int(spec.resources.memory_gb * (1 << 30))
+    return tune.with_resources(fn, res)
 
 
 def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None,
-                run: RunTrial) -> None:
+                run: RunTrial, shared_ref: dict | None = None) -> None:
     """The body of every trial (runs in a Ray worker)."""
     import logging
 
@@ -106,4 +112,8 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
 
     # `auto` is the GPU Ray assigned: it sets CUDA_VISIBLE_DEVICES, so it is cuda:0 here.
     device = "auto" if spec.device.startswith("cuda") else spec.device
-    run(spec, dict(config), teacher, report, seed=seed, restore=restore, device=device)
+    from kdtune.limits import memory_limit
+
+    with memory_limit(spec.resources.memory_gb):  # restored after: the worker is reused
+        extra = {"shared": shared_ref} if shared_ref else {}  # memory-mapped data, teacher outputs
+        run(spec, dict(config), teacher, report, seed=seed, restore=restore, device=device, **extra)
