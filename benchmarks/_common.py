@@ -46,9 +46,23 @@ def machine() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+_stdout = None  # the real stdout, once quiet_stdout() has sent everything else to stderr
+
+
+def quiet_stdout() -> None:
+    """Send whatever else writes to stdout (Ray, Tune's tables, worker logs) to stderr, at the
+    file-descriptor level, so that stdout carries only the one JSON line."""
+    global _stdout
+    sys.stdout.flush()
+    _stdout = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+
+
 def emit(figures: dict) -> None:
     """The one line a benchmark prints on stdout."""
-    print(json.dumps(figures, sort_keys=False), flush=True)
+    out = _stdout or sys.stdout
+    out.write(json.dumps(figures, sort_keys=False) + "\n")
+    out.flush()
 
 
 class Timer:

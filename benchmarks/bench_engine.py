@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from _common import Timer, dataset, emit, machine, median
+from _common import Timer, dataset, emit, machine, median, quiet_stdout
 
 
 def make_data(name: str, n_train: int, n_small: int):
@@ -115,6 +115,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     a = ap.parse_args()
+    quiet_stdout()
     if a.quick:
         a.reps, a.train, a.epochs, a.no_compile = 1, 400, 1, True
 

@@ -14,7 +14,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from _common import Timer, dataset, emit, machine, median
+from _common import Timer, dataset, emit, machine, median, quiet_stdout
 
 FRACTIONS = (1.0, 0.5, 0.25)
 
@@ -27,6 +27,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--train", type=int, default=10000)
     a = ap.parse_args()
+    quiet_stdout()
 
     import torch
 

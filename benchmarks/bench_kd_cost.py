@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Timer, dataset, emit, machine, median
+from _common import Timer, dataset, emit, machine, median, quiet_stdout
 
 
 def fake_teacher(spec, folder: Path):
@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=6000, help="training images")
     ap.add_argument("--epochs", type=int, default=2)
     a = ap.parse_args()
+    quiet_stdout()
     if a.quick:
         a.reps, a.train, a.epochs = 1, 400, 1
 

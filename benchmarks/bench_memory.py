@@ -12,6 +12,8 @@ Figures: a trial's private memory (USS) with a small and a 5× larger training s
 running, so pages they share are not private to either), and the node's total over 1, 2 and 4
 concurrent trials on the larger set (Σ PSS: each shared page counted once, split among its
 mappers). ``anon`` (RssAnon) is memory no other process could share, whatever maps it.
+Two-trial figures are medians over ``--reps`` runs (each trial a sample); 1 and 4 trials: one
+run (they take the longest). Allocator noise is a few MB either way.
 
     python benchmarks/bench_memory.py [--quick] [--small 10000]
 """
@@ -25,7 +27,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from _common import Timer, dataset, emit, machine, median
+from _common import Timer, dataset, emit, machine, median, quiet_stdout
 
 MB = 1 << 20
 
@@ -90,13 +92,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny run: digits, 1 and 2 trials")
     ap.add_argument("--small", type=int, default=10000, help="training images of the small set (×5: large)")
-    ap.add_argument("--reps", type=int, default=1, help="repetitions of each measurement")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of the 2-trial measurements")
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
         return child(*a.child)
+    quiet_stdout()
     if a.quick:
-        a.small = 200
+        a.small, a.reps = 200, 1
     counts = [1, 2] if a.quick else [1, 2, 4]
 
     from kdtune.config import parse_spec
@@ -119,8 +122,9 @@ def main() -> None:
         uss, anon, node = {}, {}, {}
         for mode in ("shared", "loaded"):
             uss[mode], anon[mode], node[mode] = {}, {}, {}
-            runs = {("small", 2): trials(mode, "small", 2)}
-            runs.update({("large", k): trials(mode, "large", k) for k in counts})
+            runs = {("small", 2): trials(mode, "small", 2), ("large", 2): trials(mode, "large", 2)}
+            runs.update({("large", k): [run_trials(k, specs["large"], refs["large"] if mode == "shared"
+                                                   else None)] for k in counts if k != 2})
             for size in sizes:  # two at once: the pages they share are private to neither
                 rows = [r for rep in runs[(size, 2)] for r in rep]
                 uss[mode][size] = round(median([r["uss"] for r in rows]), 1)

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import Timer, dataset, emit, machine, median
+from _common import Timer, dataset, emit, machine, median, quiet_stdout
 
 
 def make_timed_run(log_path: str):
@@ -58,6 +58,7 @@ def main() -> None:
     ap.add_argument("--train", type=int, default=4000, help="training images per trial")
     ap.add_argument("--epochs", type=int, default=4)
     a = ap.parse_args()
+    quiet_stdout()
     if a.quick:
         a.trials, a.train, a.epochs = 4, 300, 1
 

@@ -136,8 +136,9 @@ class Spec(_Model):
     device: str = "auto"  # auto: the GPU Ray assigned (or cuda:0), else cpu
     max_failures: int = Field(1, ge=0)  # Tune retries of a trial from its last checkpoint
     corruption: CorruptionSpec = CorruptionSpec()
-    # torch.compile the student's forward (inductor). Off by default: on a 2-core CPU the
-    # compile time (tens of seconds, once per trial) outweighs the gain (benchmarks/README.md).
+    # torch.compile the student's forward (inductor). Off by default: on the 2-core CPU a
+    # compiled epoch ran slower than eager (0.7-0.8x) after a 6-18 s compile (minutes with a
+    # cold inductor cache); see benchmarks/README.md. Worth trying on a GPU.
     compile: bool = False
 
     @field_validator("method")
