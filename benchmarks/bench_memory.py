@@ -3,7 +3,7 @@
 Each trial is a child process (as a Ray worker is) that builds its context the way a sweep's
 trial does (``make_context``), reads every training, validation and test image once (an epoch's
 worth of page faults), then trains 20 steps of ``cnn_small`` (model, optimiser, activations),
-and waits while its memory is read (psutil):
+gives freed heap memory back (``malloc_trim``), and waits while its memory is read (psutil):
 
 - shared: ``shared=`` the driver's data view (``kdtune.shared.prepare_shared``), memory-mapped;
 - loaded: no shared view, each trial loads the dataset itself (``load_data``), as before.
@@ -21,6 +21,7 @@ run (they take the longest). Allocator noise is a few MB either way.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import subprocess
 import sys
@@ -53,6 +54,9 @@ def child(spec_json: str, shared_json: str) -> None:
     ctx.optimizers = [make_optimizer(ctx.student.parameters(), ctx.common)]
     for _, (x, y, idx) in zip(range(20), ctx.train_loader):
         default_step(ctx, method, Batch(x, y, idx))
+    # Give freed heap back first: glibc keeps what evaluation's temporaries freed (more batches
+    # with more images), which would be counted as memory the trial holds.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     print("READY", flush=True)
     sys.stdin.read()  # until the parent has measured
 
