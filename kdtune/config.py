@@ -137,7 +137,7 @@ class Spec(_Model):
     max_failures: int = Field(1, ge=0)  # Tune retries of a trial from its last checkpoint
     corruption: CorruptionSpec = CorruptionSpec()
     # torch.compile the student's forward (inductor). Off by default: on the 2-core CPU a
-    # compiled epoch ran slower than eager (0.7-0.8x) after a 6-18 s compile (minutes with a
+    # compiled epoch ran slower than eager (0.7-0.85x) after a 5-18 s compile (minutes with a
     # cold inductor cache); see benchmarks/README.md. Worth trying on a GPU.
     compile: bool = False
 
