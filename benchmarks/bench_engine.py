@@ -39,10 +39,11 @@ def run_kdtune(data, epochs: int, compile_: bool) -> tuple[Timer, list[float]]:
     """The timer of ``engine.train``, and the wall time of each epoch (train + val)."""
     import torch
 
-    from kdtune.config import parse_spec
-    from kdtune.engine import TrialContext, train
+    from kdtune.spec import parse_spec
+    from kdtune.train.context import TrialContext
+    from kdtune.train.engine import train
     from kdtune.methods import make_method
-    from kdtune.params import CommonParams
+    from kdtune.params.walk import CommonParams
 
     spec = parse_spec({"student": {"model": "cnn_small"}, "method": "scratch", "compile": compile_})
     ctx = TrialContext(spec=spec, common=CommonParams(batch_size=128, lr=0.05), data=data,

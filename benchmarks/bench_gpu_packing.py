@@ -39,8 +39,8 @@ def main() -> None:
 
     import ray
 
-    from kdtune.config import parse_spec
-    from kdtune.shared import prepare_shared
+    from kdtune.spec import parse_spec
+    from kdtune.train.cache import prepare_shared
     from kdtune.tune.run import build_tuner, init_ray
     from kdtune.tune.trainable import make_trainable
 

@@ -36,11 +36,12 @@ MB = 1 << 20
 def child(spec_json: str, shared_json: str) -> None:
     import torch
 
-    from kdtune.config import Spec
-    from kdtune.engine import build_student, default_step, evaluate, make_optimizer
+    from kdtune.spec import Spec
+    from kdtune.train.engine import build_student
+    from kdtune.train.ops import default_step, evaluate, make_optimizer
     from kdtune.methods import Batch
-    from kdtune.params import resolve_params
-    from kdtune.trial import make_context
+    from kdtune.params.walk import resolve_params
+    from kdtune.train.trial import make_context
 
     torch.set_num_threads(1)
     spec = Spec.model_validate_json(spec_json)
@@ -106,8 +107,8 @@ def main() -> None:
         a.small, a.reps = 200, 1
     counts = [1, 2] if a.quick else [1, 2, 4]
 
-    from kdtune.config import parse_spec
-    from kdtune.shared import prepare_shared
+    from kdtune.spec import parse_spec
+    from kdtune.train.cache import prepare_shared
 
     tmp = Path(tempfile.mkdtemp(prefix="kdtune-bench-mem-"))
     name = dataset(a.quick)

@@ -85,9 +85,9 @@ def main() -> None:
 
     import ray
 
-    from kdtune.config import parse_spec
-    from kdtune.shared import prepare_shared
-    from kdtune.teacher import ensure_teacher
+    from kdtune.spec import parse_spec
+    from kdtune.train.cache import prepare_shared
+    from kdtune.train.teacher import ensure_teacher
     from kdtune.tune.run import init_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="kdtune-bench-search-"))

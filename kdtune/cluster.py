@@ -35,7 +35,10 @@ from urllib.parse import urlsplit
 
 import yaml
 
-from kdtune.config import Spec, SpecError, is_uri, spaces_dir
+from kdtune.spec import Spec, SpecError
+from kdtune.spec.paths import is_uri, spaces_dir
+import kdtune
+from kdtune.spec import paths
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 SPEC_FILE = "spec.yaml"
@@ -77,7 +80,7 @@ def check_cluster_spec(spec: Spec, *, shared_storage: bool = False,
                 f"storage: {storage!r} is a local path; a cluster sweep needs storage every node "
                 "writes to: set storage to s3://BUCKET/PREFIX, or pass --shared-storage if this "
                 "path is a shared filesystem mounted at the same path on every node")
-    uri = spec.tracking_uri()
+    uri = paths.tracking_uri(spec)
     if not uri.startswith(SERVER_TRACKING):
         raise SpecError(
             f"tracking.uri: {uri!r} is local to one machine; a cluster sweep needs an MLflow "
@@ -99,7 +102,7 @@ def stage_job(spec: Spec, workdir: Path) -> Path:
     """Write the resolved spec, the search spaces and the spec's own space file into workdir."""
     # the job's input, not a record: real values (dump_spec masks secrets for what is logged)
     data = spec.model_dump(mode="json")
-    data["tracking"]["uri"] = spec.tracking_uri()  # what was checked is what the cluster uses
+    data["tracking"]["uri"] = paths.tracking_uri(spec)  # what was checked is what the cluster uses
     if spec.search.space:
         shutil.copyfile(spec.search.space, workdir / OWN_SPACE)
         data["search"]["space"] = OWN_SPACE  # made absolute again by the job, from its cwd
@@ -124,7 +127,6 @@ def runtime_env(workdir: Path, *, env: dict[str, str] | None = None,
     if env:
         out["env_vars"] = dict(env)
     if ship_source:
-        import kdtune
 
         out["py_modules"] = [str(Path(kdtune.__file__).parent)]
     return out

@@ -39,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
             done[(r["label"], r["seed"])] = r
     runs = [(r.partition(":")[0], r.partition(":")[2].split()) for r in a.run]
     if not a.table_only:
-        from kdtune.config import load_spec
-        from kdtune.params import resolve_params
-        from kdtune.teacher import ensure_teacher, needs_teacher
-        from kdtune.trial import run_trial
+        from kdtune.checks import load_spec
+        from kdtune.params.walk import resolve_params
+        from kdtune.train.teacher import ensure_teacher, needs_teacher
+        from kdtune.train.trial import run_trial
 
         out.parent.mkdir(parents=True, exist_ok=True)
         for label, sets in runs:

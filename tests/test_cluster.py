@@ -204,7 +204,7 @@ def test_kuberay_raycluster():
 
 def test_kuberay_rayjob_runs_a_valid_cluster_spec():
     from kdtune.cluster import check_cluster_spec
-    from kdtune.config import parse_spec
+    from kdtune.spec import parse_spec
 
     docs = list(yaml.safe_load_all((ROOT / "clusters/kuberay/rayjob.yaml").read_text()))
     by_kind = {d["kind"]: d for d in docs}
@@ -284,7 +284,7 @@ def write_spec(path: Path, *, name="cluster-e2e", storage="./results", uri="null
 def cli(*args: str, env: dict | None = None):
     from typer.testing import CliRunner
 
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     return CliRunner().invoke(app, list(args), env=env, catch_exceptions=False)
 
@@ -329,7 +329,8 @@ def test_unreachable_cluster_exits_1(tmp_path):
 
 def test_staged_job_carries_the_resolved_spec(tmp_path, monkeypatch):
     from kdtune import cluster
-    from kdtune.config import load_spec, spaces_dir
+    from kdtune.checks import load_spec
+    from kdtune.spec.paths import spaces_dir
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     own = tmp_path / "my_space.yaml"

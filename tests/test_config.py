@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kdtune.config import SearchSpace, SpecError, apply_overrides, load_space, load_spec, parse_spec
+from kdtune.params.space import SearchSpace, load_space
+from kdtune.spec import SpecError, apply_overrides, parse_spec
+from kdtune.checks import load_spec
+from kdtune.spec import paths
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +41,7 @@ def test_paths_made_absolute_and_overrides(tmp_path: Path, monkeypatch) -> None:
     spec = load_spec(write(tmp_path, base()), ["epochs=3", "data.root=./d", "params.lr=0.01"])
     assert spec.epochs == 3 and spec.params == {"lr": 0.01}
     assert spec.data.root == str(tmp_path / "d") and spec.storage == str(tmp_path / "kdtune-results")
-    assert spec.tracking_uri().startswith("sqlite:////") or spec.tracking_uri().startswith("sqlite:///")
+    assert paths.tracking_uri(spec).startswith("sqlite:////") or paths.tracking_uri(spec).startswith("sqlite:///")
 
 
 def test_dotted_params_keep_their_dots() -> None:

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdtune.config import parse_spec
-from kdtune.engine import load_state, load_student, save_state
-from kdtune.params import resolve_params
-from kdtune.trial import make_context, run_trial
+from kdtune.spec import parse_spec
+from kdtune.train.checkpoint import load_state, load_student, save_state
+from kdtune.params.walk import resolve_params
+from kdtune.train.trial import make_context, run_trial
 
 
 def spec_for(tmp_path: Path, **kw):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdtune.config import SpecError, parse_spec
+from kdtune.spec import SpecError, parse_spec
 from kdtune.methods import make_method
 from kdtune.methods._features import block_forward, pair_by_depth, pair_from_last
 from kdtune.methods.anti_distillation import hessian_norm
@@ -23,10 +23,10 @@ from kdtune.methods.ft import factor_loss
 from kdtune.methods.fsp import fsp_loss, fsp_matrix
 from kdtune.methods.kr import KR, phi0
 from kdtune.models import create_model
-from kdtune.params import resolve_params
-from kdtune.teacher import ensure_teacher
-from kdtune.trial import make_context, run_trial
-from kdtune.engine import train
+from kdtune.params.walk import resolve_params
+from kdtune.train.teacher import ensure_teacher
+from kdtune.train.trial import make_context, run_trial
+from kdtune.train.engine import train
 
 
 # --------------------------------------------------------------------------- the math by hand

@@ -14,17 +14,20 @@ import pytest
 import torch
 from torch import nn
 
-from kdtune.config import parse_spec
+from kdtune.spec import parse_spec
 from kdtune.data import load_data
-from kdtune.engine import (TrialContext, build_student, count_params, evaluate, load_student,
-                           make_optimizer, save_state, seed_everything, train)
+from kdtune.train.context import TrialContext, seed_everything
+from kdtune.train.engine import build_student, train
+from kdtune.models import count_params
+from kdtune.train.ops import evaluate, make_optimizer
+from kdtune.train.checkpoint import load_student, save_state
 from kdtune.methods import Batch, make_method
 from kdtune.methods.kd import TeacherDropout
 from kdtune.methods.mds import fit_probe
 from kdtune.methods.prune import prunable
 from kdtune.methods.trust_region import MAX_BACKTRACKS, annealed
 from kdtune.models import create_model
-from kdtune.params import CommonParams
+from kdtune.params.walk import CommonParams
 
 CPU = torch.device("cpu")
 
@@ -324,3 +327,30 @@ def test_pretrained_equals_the_teachers_restricted_accuracy():
     assert not any(k in final for k in ("loss", "ce"))  # nothing was trained
     assert torch.equal(ctx.student.fc.weight, ctx.teacher.fc.weight[:5])
     assert math.isfinite(final["test_loss"])
+
+
+def test_prune_masks_work_on_channels_last_and_equal_torchs():
+    """CUDA students are channels_last (engine); torch's prune calls .view(-1) and fails there.
+    kdtune's masks are torch's L1Unstructured global masks on any layout."""
+    import copy
+
+    from torch.nn.utils import prune as tprune
+
+    from kdtune.methods.prune import global_magnitude_masks, prunable
+    from kdtune.models import create_model
+
+    torch.manual_seed(0)
+    plain = create_model("cnn_small", 10, 1, 8, width=0.5)
+    ref = copy.deepcopy(plain)
+    tprune.global_unstructured([(m, "weight") for _, m in prunable(ref)],
+                               pruning_method=tprune.L1Unstructured, amount=0.5)
+    want = {n: m.weight_mask for n, m in prunable(ref)}
+    cl = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    assert any(m.weight.dim() == 4 and not m.weight.is_contiguous() for _, m in prunable(cl))
+    masks = global_magnitude_masks(cl, 0.5)
+    for n, m in prunable(cl):
+        assert torch.equal(masks[n], want[n]), n
+        assert not m.weight[want[n] == 0].any()  # pruned weights are zero in place
+    zeros = sum(int((m.weight == 0).sum()) for _, m in prunable(cl))
+    total = sum(m.weight.numel() for _, m in prunable(cl))
+    assert zeros == round(0.5 * total)

@@ -142,7 +142,7 @@ def _one_line_exit_2(r, needle: str, tmp: Path) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_bad_spec_exits_2_with_one_line_before_anything_starts(case, tmp_path, monkeypatch):
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     name, patch, sets, needle = case
     monkeypatch.chdir(tmp_path)
@@ -159,7 +159,7 @@ def test_bad_spec_exits_2_with_one_line_before_anything_starts(case, tmp_path, m
 
 @pytest.mark.parametrize("case", FILES, ids=[c[0] for c in FILES])
 def test_unreadable_spec_files(case, tmp_path, monkeypatch):
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     name, content, needle = case
     monkeypatch.chdir(tmp_path)
@@ -173,7 +173,7 @@ def test_unreadable_spec_files(case, tmp_path, monkeypatch):
 
 def test_tracking_env_uri_that_does_not_answer(tmp_path, monkeypatch):
     """The store named by MLFLOW_TRACKING_URI (no tracking.uri in the spec) is named as such."""
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     port = free_port()
@@ -189,7 +189,7 @@ def test_tracking_env_uri_that_does_not_answer(tmp_path, monkeypatch):
 def test_messages_are_text_not_markup(tmp_path, monkeypatch):
     """A message holding brackets (a file `run[v2].yaml`) reaches the terminal whole: it is
     printed as text, not as Rich markup (which would swallow `[v2]`)."""
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     monkeypatch.chdir(tmp_path)
     r = CliRunner().invoke(app, ["sweep", "run", str(tmp_path / "run[v2].yaml")])
@@ -253,6 +253,7 @@ def test_memory_limit_is_enforced_and_restored(tmp_path):
     code = """
 import resource, torch
 from kdtune.limits import TrialOutOfMemory, memory_limit
+from kdtune.spec import paths
 before = resource.getrlimit(resource.RLIMIT_AS)
 try:
     with memory_limit(0.25):
@@ -339,7 +340,7 @@ def test_resume_settles_runs_the_killed_driver_left_unfinished(tmp_path, monkeyp
 
     import pyarrow.fs
 
-    from kdtune.config import load_spec
+    from kdtune.checks import load_spec
     from kdtune.tune.callbacks import MLflowCallback
     from test_tracking import FakeTrial, write_spec
 
@@ -374,7 +375,7 @@ def test_resume_settles_runs_the_killed_driver_left_unfinished(tmp_path, monkeyp
     resumed.on_step_begin(0, [one, two, three])
     resumed.on_experiment_end([one, two, three])
 
-    c, parent, kids = mlflow_runs(spec.tracking_uri(), "settle")
+    c, parent, kids = mlflow_runs(paths.tracking_uri(spec), "settle")
     assert parent.info.status == "FINISHED" and sorted(kids) == ["t00001", "t00002", "t00003"]
     for k in kids.values():
         assert k.info.status == "FINISHED" and k.info.run_name == f"scratch_00{k.data.tags['kdtune.trial_id'][-1]}"

@@ -59,7 +59,7 @@ def plant(path: Path, marker: Path, raw: bool = False) -> Path:
 
 
 def cli(*args: str):
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     return CliRunner().invoke(app, list(args))
 
@@ -91,8 +91,8 @@ def test_planted_trial_checkpoint_is_refused_on_restore(tmp_path, monkeypatch):
     loads weights-only: the payload raises before the trial's code runs."""
     from ray import tune
 
-    from kdtune.config import parse_spec
-    from kdtune.engine import CHECKPOINT
+    from kdtune.spec import parse_spec
+    from kdtune.spec.paths import CHECKPOINT
     from kdtune.tune import trainable
 
     marker = tmp_path / "pwned"
@@ -199,7 +199,7 @@ def test_registered_names_cannot_be_paths(name):
 def test_registry_names_are_safe_and_models_uris_cannot_climb(tmp_path):
     import kdtune.methods  # noqa: F401
     import kdtune.models  # noqa: F401
-    from kdtune.config import SpecError
+    from kdtune.spec import SpecError
     from kdtune.registry import DATASETS, METHODS, MODELS
     from kdtune.tracking import parse_models_uri
 
@@ -215,7 +215,7 @@ def test_best_yaml_goes_beside_the_results_whatever_the_store_says(tmp_path, mon
     the tracking store cannot send it elsewhere."""
     from mlflow import MlflowClient
 
-    from kdtune.config import dump_spec, parse_spec
+    from kdtune.spec import dump_spec, parse_spec
     from kdtune.tracking import write_best_yaml
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -13,15 +13,16 @@ import pytest
 import torch
 
 import kdtune.shared as shared_mod
-from kdtune.config import parse_spec
-from kdtune.engine import (MIN_TEACHER_ROWS, build_student, default_step, make_optimizer,
-                           restrict, seed_everything, teacher_taps, train)
+from kdtune.spec import parse_spec
+from kdtune.train.context import MIN_TEACHER_ROWS, restrict, seed_everything, teacher_taps
+from kdtune.train.engine import build_student, train
+from kdtune.train.ops import default_step, make_optimizer
 from kdtune.methods import Batch
 from kdtune.models import create_model
-from kdtune.params import resolve_params
-from kdtune.shared import is_mapped, prepare_shared
-from kdtune.teacher import ensure_teacher
-from kdtune.trial import make_context
+from kdtune.params.walk import resolve_params
+from kdtune.train.cache import is_mapped, prepare_shared
+from kdtune.train.teacher import ensure_teacher
+from kdtune.train.trial import make_context
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["kd", "logit_l2", "mds", "trust_region", "fitnet", "at"]

@@ -21,9 +21,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from kdtune.config import Spec, SpecError, load_spec, parse_spec
-from kdtune.params import resolve_params
-from kdtune.tune.search import MainEpochOptunaSearch, SweepSpace, make_sampler, make_searcher
+from kdtune.spec import Spec, SpecError, parse_spec
+from kdtune.checks import load_spec
+from kdtune.params.walk import resolve_params
+from kdtune.tune.search import MainEpochOptunaSearch, make_sampler, make_searcher
+from kdtune.params.walk import SweepSpace
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -186,7 +188,7 @@ def test_stage_reports_do_not_advance_asha_or_reach_optuna(tmp_path):
 
 # --------------------------------------------------------------------------- CLI without Ray
 def test_cli_dry_run_and_spec_errors_exit_2(tmp_path):
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     runner = CliRunner()
     spec = write(tmp_path, tiny(tmp_path, method=["kd", "logit_l2"]))
@@ -225,7 +227,7 @@ def test_local_sweep_asha_and_best_yaml_reproduces(tmp_path, ray_local):
     deterministic for a seed: the trial's seed and teacher are written into best.yaml)."""
     import torch
 
-    from kdtune.cli import app
+    from kdtune.cli.app import app
     from kdtune.tune.run import run_sweep
 
     spec = load_spec(write(tmp_path, tiny(tmp_path, "asha", method="kd", epochs=3,
@@ -273,7 +275,7 @@ def test_fractional_gpus_pack_four_trials_per_card(tmp_path, ray_local):
         import time as _t
         from pathlib import Path as _P
 
-        from kdtune.engine import NonFiniteLoss
+        from kdtune.train.ops import NonFiniteLoss
 
         d = _P(str(marks))
         if restore is None:  # first attempt: record when it ran

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from kdtune.config import SpecError, parse_spec
-from kdtune.teacher import ensure_teacher, load_teacher, teacher_key
+from kdtune.spec import SpecError, parse_spec
+from kdtune.train.teacher import ensure_teacher, load_teacher, teacher_key
 
 
 def spec_for(tmp_path: Path, **teacher):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kdtune.spec import paths
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -90,7 +91,7 @@ def write_spec(path: Path, **over) -> Path:
 def cli(*args: str):
     from typer.testing import CliRunner
 
-    from kdtune.cli import app
+    from kdtune.cli.app import app
 
     return CliRunner().invoke(app, list(args))
 
@@ -103,7 +104,7 @@ def test_accuracy(model, spec) -> tuple[float, int]:
     import torch
 
     from kdtune.data import TensorLoader
-    from kdtune.trial import student_data
+    from kdtune.train.context import student_data
 
     data = student_data(spec)
     correct = n = 0
@@ -138,7 +139,7 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sweep(server, tmp_path_factory):
     """3 KD trials × 2 epochs logged by the driver to the server (teacher trained first)."""
-    from kdtune.config import load_spec
+    from kdtune.checks import load_spec
     from kdtune.tune.callbacks import sweep_callbacks
     from kdtune.tune.run import run_sweep
 
@@ -165,7 +166,7 @@ def test_server_sweep_logs_parent_children_teacher(sweep, server, tmp_path):
     assert tags["kdtune.version"] and tags["kdtune.search_seed"] == "0" and tags["kdtune.seed"] == "0"
     assert p.data.params["epochs"] == "2" and p.data.params["search.num_samples"] == "3"
     assert "spec.yaml" in [a.path for a in c.list_artifacts(p.info.run_id)]
-    assert (spec.run_dir / "mlflow_parent_run_id").read_text().strip() == p.info.run_id
+    assert (paths.run_dir(spec) / "mlflow_parent_run_id").read_text().strip() == p.info.run_id
     # the teacher: its own run, with its checkpoint and accuracy
     assert "test_acc" in t.data.metrics
     assert [a.path for a in c.list_artifacts(t.info.run_id, "checkpoint")] == ["checkpoint/teacher.pt"]
@@ -213,7 +214,7 @@ def test_best_json_agrees_with_search_runs(sweep, server):
     assert out["top"][0]["run_id"] in best_ids  # ties may come in either order
     assert out["top"][0]["value"] == pytest.approx(res.best.value)  # Tune's best, same rule
     best_yaml = Path(out["best_yaml"])
-    assert best_yaml == spec.run_dir / "best.yaml"
+    assert best_yaml == paths.run_dir(spec) / "best.yaml"
     written = yaml.safe_load(best_yaml.read_text())
     assert written["params"] == {k.split(".", 1)[-1]: v for k, v in out["top"][0]["params"].items()}
 
@@ -251,7 +252,7 @@ def test_served_model_answers_invocations(sweep, server, promoted, tmp_path):
     import torch
 
     from kdtune.data import TensorLoader
-    from kdtune.trial import student_data
+    from kdtune.train.context import student_data
 
     spec, _ = sweep
     data = student_data(spec)
@@ -354,7 +355,7 @@ def test_browser_shows_experiment_trials_and_val_acc(sweep, server, tmp_path):
 @pytest.fixture(scope="module")
 def lite(tmp_path_factory):
     """`kdtune sweep run`: 4 concurrent trials (cpu 0.5 on 2 CPUs) × 3 epochs, default sqlite store."""
-    from kdtune.config import load_spec
+    from kdtune.checks import load_spec
 
     old = os.environ.pop("MLFLOW_TRACKING_URI", None)
     try:
@@ -362,7 +363,7 @@ def lite(tmp_path_factory):
         spec_file = write_spec(d / "spec.yaml", name="lite", method="scratch", epochs=3,
                                search={"num_samples": 4, "max_concurrent": 4}, resources={"cpu": 0.5})
         spec = load_spec(spec_file)
-        assert spec.tracking_uri() == f"sqlite:///{d / 'results' / 'mlflow.db'}"
+        assert paths.tracking_uri(spec) == f"sqlite:///{d / 'results' / 'mlflow.db'}"
         r = cli("sweep", "run", str(spec_file))
         assert r.exit_code == 0, r.output
         assert "MLflow: " in r.output and "NOT sent" not in r.output
@@ -376,24 +377,24 @@ def test_sqlite_four_concurrent_trials_all_metrics_arrive(lite):
     from mlflow import MlflowClient
 
     spec, _ = lite
-    c = MlflowClient(spec.tracking_uri())
+    c = MlflowClient(paths.tracking_uri(spec))
     exp = c.get_experiment_by_name("lite")
     assert exp.artifact_location.startswith(Path(spec.storage, "mlartifacts").as_uri())
     parents = c.search_runs([exp.experiment_id], filter_string="tags.`kdtune.role` = 'sweep'")
     assert len(parents) == 1
     kids = children(c, parents[0].info.run_id, exp.experiment_id)
     assert len(kids) == 4 and {k.info.status for k in kids} == {"FINISHED"}
-    tune_ids = [p.name.rsplit("_", 1)[-1] for p in spec.run_dir.iterdir() if (p / "result.json").is_file()]
+    tune_ids = [p.name.rsplit("_", 1)[-1] for p in paths.run_dir(spec).iterdir() if (p / "result.json").is_file()]
     assert sorted(k.data.tags["kdtune.trial_id"] for k in kids) == sorted(tune_ids)
-    from kdtune.tune.run import plan_sweep
+    from kdtune.tune.plan import plan_sweep
 
     assert plan_sweep(spec).concurrent == 4  # Tune ran them 4 at a time; only the driver wrote
     for k in kids:
         for key in ("val_acc", "val_loss", "loss", "ce"):
             assert sorted(h.step for h in c.get_metric_history(k.info.run_id, key)) == [1, 2, 3], key
         assert {"test_acc", "params_count"} <= set(k.data.metrics)
-    assert not (spec.run_dir / "mlflow_pending.jsonl").exists()
-    r = cli("sweep", "list", "--json", "--tracking-uri", spec.tracking_uri())
+    assert not (paths.run_dir(spec) / "mlflow_pending.jsonl").exists()
+    r = cli("sweep", "list", "--json", "--tracking-uri", paths.tracking_uri(spec))
     assert r.exit_code == 0, r.output
     assert [(s["sweep"], s["trials"]) for s in json.loads(r.stdout)] == [("lite", 4)]
 
@@ -402,10 +403,10 @@ def test_resume_reuses_parent_and_children(lite):
     from mlflow import MlflowClient
 
     spec, spec_file = lite
-    parent = (spec.run_dir / "mlflow_parent_run_id").read_text().strip()
+    parent = (paths.run_dir(spec) / "mlflow_parent_run_id").read_text().strip()
     r = cli("sweep", "run", str(spec_file), "--resume")
     assert r.exit_code == 0, r.output
-    c = MlflowClient(spec.tracking_uri())
+    c = MlflowClient(paths.tracking_uri(spec))
     exp = c.get_experiment_by_name("lite")
     runs = c.search_runs([exp.experiment_id])
     assert [r.info.run_id for r in runs if r.data.tags.get("kdtune.role") == "sweep"] == [parent]
@@ -418,7 +419,7 @@ def test_failing_trial_is_retried_once_and_ends_failed_with_reason(tmp_path, mon
     one child run, FAILED, the error's last line as `kdtune.error`, error.txt attached."""
     from mlflow import MlflowClient
 
-    from kdtune.config import load_spec
+    from kdtune.checks import load_spec
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     spec_file = write_spec(tmp_path / "spec.yaml", name="diverge", method="scratch", epochs=2,
@@ -426,7 +427,7 @@ def test_failing_trial_is_retried_once_and_ends_failed_with_reason(tmp_path, mon
     r = cli("sweep", "run", str(spec_file))
     assert r.exit_code in (0, 1), r.output  # (0: it reported val_acc before diverging)
     spec = load_spec(spec_file)
-    c = MlflowClient(spec.tracking_uri())
+    c = MlflowClient(paths.tracking_uri(spec))
     exp = c.get_experiment_by_name("diverge")
     kids = c.search_runs([exp.experiment_id], filter_string="tags.`kdtune.role` = 'trial'")
     assert len(kids) == 1
@@ -458,7 +459,7 @@ class FakeTrial:
 
 @pytest.fixture
 def lite_spec(tmp_path, monkeypatch):
-    from kdtune.config import load_spec
+    from kdtune.checks import load_spec
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return load_spec(write_spec(tmp_path / "spec.yaml", name="unit", method="scratch"))
@@ -486,7 +487,7 @@ def test_retries_and_a_restarted_driver_make_no_duplicate_runs(lite_spec, tmp_pa
     cb.on_trial_result(0, [t], t, {"epoch": 2, "val_acc": 0.6, "loss": 0.8})
     t.status = "RUNNING"
     cb.on_experiment_end([t])  # Ctrl-C: Tune ends the experiment with the trial unfinished
-    c = MlflowClient(lite_spec.tracking_uri())
+    c = MlflowClient(paths.tracking_uri(lite_spec))
     exp = c.get_experiment_by_name("unit")
     assert {r.info.status for r in c.search_runs([exp.experiment_id])} == {"KILLED"}
 
@@ -563,7 +564,7 @@ def test_outage_is_retried_then_saved_and_sent_later(lite_spec):
     w.trial_end("a", "FINISHED")
     report = w.close(timeout=30)
     assert flaky[0].failures > 0 and "NOT sent" not in report
-    c = MlflowClient(lite_spec.tracking_uri())
+    c = MlflowClient(paths.tracking_uri(lite_spec))
     run = c.get_run(w.runs["a"])
     assert run.info.status == "FINISHED"
     assert [m.value for m in c.get_metric_history(run.info.run_id, "val_acc")] == [0.5, 0.7]
@@ -578,7 +579,7 @@ def test_outage_is_retried_then_saved_and_sent_later(lite_spec):
     w2.end_sweep()
     report = w2.close(timeout=1)
     assert "5 NOT sent" in report and PENDING_FILE in report
-    pending = lite_spec.run_dir / PENDING_FILE
+    pending = paths.run_dir(lite_spec) / PENDING_FILE
     assert len(json.loads(pending.read_text())["ops"]) == 5
     # ... and the next `sweep run --resume` sends them (to the same parent run)
     down.clear()

@@ -13,10 +13,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from kdtune.config import Spec, SpecError, format_error
-from kdtune.methods._base import Batch, Method, MethodParams, NoParams, Stage
+from kdtune.spec import Spec, SpecError, format_error
+from kdtune.train.context import Batch
+from kdtune.methods._base import Method, MethodParams, NoParams, Stage
 from kdtune.methods._compose import Composite
 from kdtune.registry import METHODS
+from kdtune.params.walk import split_config
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
@@ -34,7 +36,6 @@ def make_method(name: str, params: dict[str, Any], prefix: str = "params.") -> M
 
 def build_method(spec: Spec, config: dict[str, Any]) -> Method:
     """The method (or composition) a flat config describes."""
-    from kdtune.params import split_config
 
     _, own, extra = split_config(spec, config)
     if spec.compose:

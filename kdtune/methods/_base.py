@@ -1,6 +1,6 @@
 """The Method contract: one subclass per distillation method, registered by name.
 
-A method is data plus hooks; the engine (``kdtune/engine.py``) owns the loop, the optimiser,
+A method is data plus hooks; the engine (``kdtune/train/engine.py``) owns the loop, the optimiser,
 the single cross-entropy term ``ce`` and all reporting. A method says:
 
 - ``name`` and ``Params`` (a pydantic model; its fields are exactly its search-space YAML's
@@ -18,14 +18,13 @@ the single cross-entropy term ``ce`` and all reporting. A method says:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from kdtune.config import Spec
-    from kdtune.engine import TrialContext
+from kdtune.spec.schema import Spec
+from kdtune.train.context import Batch, TrialContext
 
 
 class NoParams(BaseModel):
@@ -40,12 +39,6 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Batch(NamedTuple):
-    x: Tensor
-    y: Tensor | None  # None for label-free methods: they must not read it
-    idx: Tensor       # row indices into the training split (teacher-output cache key)
-
-
 @dataclass
 class Stage:
     """A pre-stage run before the main stage (paraphraser training, FSP stage 1, ...).
@@ -56,7 +49,7 @@ class Stage:
 
     name: str
     epochs: int
-    run_epoch: Callable[["TrialContext", int], dict[str, float]]
+    run_epoch: Callable[[TrialContext, int], dict[str, float]]
 
 
 class Method:
@@ -72,7 +65,7 @@ class Method:
     uses_teacher: ClassVar[bool] = True  # False: no teacher is trained or loaded (scratch)
     trains: ClassVar[bool] = True  # False: evaluated as built, no main-stage training
 
-    def check(self, spec: "Spec") -> None:
+    def check(self, spec: Spec) -> None:
         """Spec checks only this method can make (raise SpecError naming the field)."""
 
     def __init__(self, params: BaseModel | None = None) -> None:
@@ -86,16 +79,16 @@ class Method:
     def uses_labels(self) -> bool:
         return self.ce_weight() > 0
 
-    def build_student(self, teacher: nn.Module | None, ctx: "TrialContext") -> nn.Module | None:
+    def build_student(self, teacher: nn.Module | None, ctx: TrialContext) -> nn.Module | None:
         """Build the student from the teacher (finetune, prune, anti-distillation); None: spec."""
         return None
 
     def build_extras(self, teacher: nn.Module | None, student: nn.Module,
-                     ctx: "TrialContext") -> nn.ModuleDict:
+                     ctx: TrialContext) -> nn.ModuleDict:
         """Trainable helpers (regressors, translators, adapters), optimised with the student."""
         return nn.ModuleDict()
 
-    def stages(self, ctx: "TrialContext") -> list[Stage]:
+    def stages(self, ctx: TrialContext) -> list[Stage]:
         return []
 
     def loss(self, batch: Batch, s_out: dict[str, Any], t_out: dict[str, Any] | None,
@@ -103,21 +96,21 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} must define loss() or a train_step")
 
     # ---- optional hooks (None / no-op defaults)
-    def optimizers(self, ctx: "TrialContext") -> list[Any] | None:
+    def optimizers(self, ctx: TrialContext) -> list[Any] | None:
         """Own optimisers (e.g. KR's two alternating ones); None: one SGD/AdamW on all."""
         return None
 
-    def train_step(self, ctx: "TrialContext", batch: Batch) -> dict[str, Tensor] | None:
+    def train_step(self, ctx: TrialContext, batch: Batch) -> dict[str, Tensor] | None:
         """A whole training step (trust region, KR); None: the engine's default step."""
         return None
 
     has_train_step: ClassVar[bool] = False  # set True by methods overriding train_step
 
-    def on_epoch_end(self, ctx: "TrialContext", epoch: int) -> dict[str, float]:
+    def on_epoch_end(self, ctx: TrialContext, epoch: int) -> dict[str, float]:
         """Per-epoch bookkeeping (annealing); returns extra metrics to report."""
         return {}
 
-    def before_eval(self, ctx: "TrialContext") -> None:
+    def before_eval(self, ctx: TrialContext) -> None:
         """Runs before validation (e.g. fit a linear probe for a label-free student)."""
 
     def state_dict(self) -> dict[str, Any]:

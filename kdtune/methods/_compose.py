@@ -13,7 +13,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdtune.methods._base import Batch, Method, Stage
+from kdtune.train.context import Batch
+from kdtune.methods._base import Method, Stage
 
 
 class Composite(Method):

@@ -7,21 +7,18 @@ spatial sizes are matched by ``resize``; teacher and student groups are paired f
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdtune.methods._base import Batch
-
-if TYPE_CHECKING:
-    from kdtune.engine import TrialContext
-    from kdtune.params import CommonParams
+from kdtune.params.walk import CommonParams
+from kdtune.train.context import Batch, TrialContext
 
 
 @torch.no_grad()
-def probe(model: nn.Module, ctx: "TrialContext", batch: int = 2) -> dict[str, Any]:
+def probe(model: nn.Module, ctx: TrialContext, batch: int = 2) -> dict[str, Any]:
     """All taps of ``model`` on a zero batch (eval mode: BatchNorm statistics do not move)."""
     was = model.training
     model.eval()
@@ -33,7 +30,7 @@ def probe(model: nn.Module, ctx: "TrialContext", batch: int = 2) -> dict[str, An
     return out
 
 
-def conv_groups(teacher: nn.Module, student: nn.Module, ctx: "TrialContext",
+def conv_groups(teacher: nn.Module, student: nn.Module, ctx: TrialContext,
                 what: str) -> tuple[list[Tensor], list[Tensor]]:
     """Both models' group outputs on a probe batch; refuses models without conv feature maps."""
     t, s = probe(teacher, ctx)["groups"], probe(student, ctx)["groups"]
@@ -96,13 +93,13 @@ def block_forward(model: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor], Te
     return stem, outs, model.fc(model.embed(h))
 
 
-def sgd(params, lr: float, common: "CommonParams", weight_decay: float | None = None):
+def sgd(params, lr: float, common: CommonParams, weight_decay: float | None = None):
     """SGD with Nesterov momentum 0.9, as the engine's default optimiser (for pre-stages)."""
     wd = common.weight_decay if weight_decay is None else weight_decay
     return torch.optim.SGD(list(params), lr=lr, momentum=0.9, nesterov=True, weight_decay=wd)
 
 
-def stage_batches(ctx: "TrialContext", epoch: int, labels: bool = True) -> Iterator[Batch]:
+def stage_batches(ctx: TrialContext, epoch: int, labels: bool = True) -> Iterator[Batch]:
     """One epoch of training batches for a pre-stage (seeded like the main stage's epochs)."""
     loader = ctx.loader("train")
     loader.epoch = epoch

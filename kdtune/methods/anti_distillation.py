@@ -43,6 +43,7 @@ from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods._features import accumulate, mean_terms, sgd, stage_batches
 from kdtune.models import widen
 from kdtune.registry import METHODS
+from kdtune.spec import SpecError
 
 
 class AntiDistillationParams(MethodParams):
@@ -95,8 +96,6 @@ class AntiDistillation(Method):
     class_relation = "superset"  # S → G (the same classes also work)
 
     def check(self, spec) -> None:
-        from kdtune.config import SpecError
-
         # the student *is* the teacher widened: a different student.model would be ignored
         if not spec.teacher.checkpoint and spec.student.model != spec.teacher.model:
             raise SpecError(f"student.model: anti_distillation widens the teacher, so it must be "

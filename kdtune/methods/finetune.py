@@ -24,6 +24,8 @@ from torch import nn
 
 from kdtune.methods._base import Method, MethodParams
 from kdtune.registry import METHODS
+from kdtune.train.ops import make_optimizer
+from kdtune.train.ops import default_step
 
 
 def new_head_copy(teacher: nn.Module, num_classes: int) -> nn.Module:
@@ -70,15 +72,11 @@ class Finetune(Method):
         return new_head_copy(teacher, ctx.data.num_classes)
 
     def optimizers(self, ctx):
-        from kdtune.engine import make_optimizer
-
         scale = self.p.lr_scale if self.p.mode == "all" else 0.0
         groups = head_body_groups(ctx.student, ctx.common.lr, scale)
         return [make_optimizer(groups, ctx.common)]
 
     def train_step(self, ctx, batch):
-        from kdtune.engine import default_step
-
         if self.p.mode == "head":
             for m in ctx.student.children():
                 if m is not ctx.student.fc:

@@ -22,6 +22,7 @@ from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods._features import (
     accumulate, adapter, channels, mean_terms, probe, resize, sgd, size, stage_batches)
 from kdtune.registry import METHODS
+from kdtune.train.context import autocast, taps
 
 
 class FitNetParams(MethodParams):
@@ -68,8 +69,6 @@ class FitNet(Method):
         opt = {}
 
         def run_epoch(ctx, epoch: int) -> dict[str, float]:
-            from kdtune.engine import autocast, taps
-
             if "opt" not in opt:  # only parameters up to the guided layer ever get a gradient
                 opt["opt"] = sgd(list(ctx.student.parameters()) + list(self.extras.parameters()),
                                  ctx.common.lr, ctx.common)

@@ -32,6 +32,7 @@ from kdtune.methods._features import (
     accumulate, adapter, channels, mean_terms, pair_from_last, probe, resize, sgd, size,
     stage_batches)
 from kdtune.registry import METHODS
+from kdtune.train.context import autocast, taps
 
 
 class FSPParams(MethodParams):
@@ -102,8 +103,6 @@ class FSP(Method):
         state = {}
 
         def run_epoch(ctx, epoch: int) -> dict[str, float]:
-            from kdtune.engine import autocast, taps
-
             if "opt" not in state:
                 state["opt"] = sgd(list(ctx.student.parameters()) + list(self.extras.parameters()),
                                    self.p.stage1_lr, ctx.common)

@@ -37,6 +37,7 @@ from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods._features import (
     accumulate, channels, freeze, mean_terms, pair_from_last, conv_groups, resize, sgd, size, stage_batches)
 from kdtune.registry import METHODS
+from kdtune.train.context import autocast
 
 PARAPHRASER_LR = 0.1  # the paper's ImageNet autoencoder rate (§4.3), set for a short stage like ours
 
@@ -121,8 +122,6 @@ class FT(Method):
         state = {}
 
         def run_epoch(ctx, epoch: int) -> dict[str, float]:
-            from kdtune.engine import autocast
-
             para = self.extras["paraphrasers"]
             if "opt" not in state:
                 state["opt"] = sgd(para.parameters(), PARAPHRASER_LR, ctx.common)

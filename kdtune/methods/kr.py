@@ -53,15 +53,22 @@ import copy
 
 import torch
 import torch.nn.functional as F
+from pathlib import Path
+
 from pydantic import Field
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
-from kdtune.config import SpecError
+from kdtune.spec import SpecError
 from kdtune.methods._base import Method, MethodParams
 from kdtune.methods._features import (
     adapter, block_forward, channels, pair_by_depth, resize, sgd, size)
 from kdtune.registry import METHODS
+from kdtune.models import create_model
+from kdtune.train.checkpoint import read_meta
+from kdtune.params.space import method_space
+from kdtune.train.ops import make_optimizer
+from kdtune.train.context import autocast
 
 EPS_MOMENTUM = 0.1  # ε's step toward the batch's mean |g|
 AGG_WEIGHT_DECAY = 1e-5  # §4.3
@@ -108,14 +115,10 @@ def soft_ce(logits: Tensor, target_logits: Tensor) -> Tensor:
 
 def teacher_blocks(spec) -> int | None:
     """How many blocks the spec's teacher has (None: unknown, e.g. a registry URI)."""
-    from kdtune.models import create_model
 
     ckpt = spec.teacher.checkpoint
     with torch.device("meta"):  # shapes only: no memory, no init cost
         if ckpt and not ckpt.startswith("models:/"):
-            from kdtune.teacher import read_meta
-            from pathlib import Path
-
             arch = dict(read_meta(Path(ckpt))["arch"])
             model = create_model(arch.pop("name"), arch.pop("num_classes"), arch.pop("in_channels"),
                                  arch.pop("input_size"), **arch.pop("kwargs", {}))
@@ -136,8 +139,6 @@ class KR(Method):
     has_train_step = True
 
     def check(self, spec) -> None:
-        from kdtune.config import method_space
-
         key = "kr.c" if spec.prefixed else "c"
         space = method_space("kr")
         c = spec.params.get(key, space.params["c"].default if "c" in space.params else self.p.c)
@@ -188,8 +189,6 @@ class KR(Method):
         return self.extras
 
     def optimizers(self, ctx) -> list[torch.optim.Optimizer]:
-        from kdtune.engine import make_optimizer
-
         student = make_optimizer(list(ctx.student.parameters()) +
                                  list(self.extras["adapters"].parameters()), ctx.common)
         agg = sgd(self.extras["agg"].parameters(), self.p.agg_lr, ctx.common, AGG_WEIGHT_DECAY)
@@ -231,8 +230,6 @@ class KR(Method):
         return {"eps": self.eps, "kept": kept if self.p.lam > 0 else torch.ones_like(kept)}
 
     def train_step(self, ctx, batch) -> dict[str, Tensor]:
-        from kdtune.engine import autocast
-
         opt_s, opt_a = ctx.optimizers
         with autocast(ctx.device):
             agg_terms, feats = self.aggregate(ctx.teacher, batch.x)

@@ -4,15 +4,16 @@ classification layer then prune the network to get rid of redundant weights").
 
 1. Stage ``finetune`` (``finetune_epochs``): the teacher with a new head for S (as
    ``finetune``), every layer trained, the body at ``lr_scale × lr``; constant learning rate.
-2. At the end of the stage: global L1 unstructured pruning (``torch.nn.utils.prune``) of every
+2. At the end of the stage: global L1 unstructured pruning (the masks of
+   ``torch.nn.utils.prune``'s ``L1Unstructured``, computed layout-independently) of every
    Conv2d/Linear weight (the new head included, biases and BN not) to the fraction ``amount``
    of zeros, taken over all those weights together.
 3. Main stage: the same fine-tuning with the masks held: after every update the pruned
    weights are set back to zero (their gradients are zeroed first so momentum does not
    build up behind them).
 
-``prune.remove`` runs right after the masks are computed: the model keeps plain ``weight``
-parameters (no ``weight_orig``/``weight_mask``), so every checkpoint loads into a plain model;
+The masks are applied to the weights in place: the model keeps plain ``weight`` parameters
+(no ``weight_orig``/``weight_mask``), so every checkpoint loads into a plain model;
 the masks live in the method's state (checkpointed). The engine reports ``params_count`` as the
 non-zero parameter count, so the main stage reports the pruned size.
 """
@@ -24,11 +25,12 @@ from typing import Any
 import torch
 from pydantic import Field
 from torch import Tensor, nn
-from torch.nn.utils import prune as tprune
 
 from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods.finetune import head_body_groups, new_head_copy
 from kdtune.registry import METHODS
+from kdtune.train.ops import default_step, make_optimizer
+from kdtune.train.ops import run_epoch as engine_epoch
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -37,15 +39,26 @@ def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def global_magnitude_masks(model: nn.Module, amount: float) -> dict[str, Tensor]:
-    """Global L1-unstructured masks (1 = kept) over all Conv2d/Linear weights; the model's
-    weights are left pruned (zeros) and plain (``prune.remove``)."""
+    """Global L1-unstructured masks (1 = kept) over all Conv2d/Linear weights, the weights
+    zeroed in place where the mask is 0.
+
+    The same masks as ``torch.nn.utils.prune.global_unstructured(..., L1Unstructured)`` (the
+    ``round(amount · n)`` smallest |w| over all layers, ties as ``torch.topk`` breaks them),
+    computed here because torch's version calls ``.view(-1)``, which fails on channels_last
+    weights (every student on CUDA); ``reshape`` works for any memory layout."""
     layers = prunable(model)
-    tprune.global_unstructured([(m, "weight") for _, m in layers],
-                               pruning_method=tprune.L1Unstructured, amount=amount)
-    masks = {}
-    for n, m in layers:
-        masks[n] = m.weight_mask.detach().clone()
-        tprune.remove(m, "weight")  # bake the zeros in: the state dict is a plain model's
+    weights = [m.weight.detach() for _, m in layers]
+    scores = torch.cat([w.abs().reshape(-1) for w in weights])
+    flat = torch.ones_like(scores)
+    k = round(amount * scores.numel())
+    if k > 0:
+        flat[torch.topk(scores, k, largest=False).indices] = 0
+    masks, start = {}, 0
+    with torch.no_grad():
+        for (n, m), w in zip(layers, weights):
+            masks[n] = flat[start:start + w.numel()].reshape(w.shape)
+            start += w.numel()
+            m.weight.mul_(masks[n])
     return masks
 
 
@@ -74,15 +87,11 @@ class Prune(Method):
         return new_head_copy(teacher, ctx.data.num_classes)
 
     def _optimizer(self, ctx) -> torch.optim.Optimizer:
-        from kdtune.engine import make_optimizer
-
         return make_optimizer(head_body_groups(ctx.student, ctx.common.lr, self.p.lr_scale),
                               ctx.common)
 
     def stages(self, ctx) -> list[Stage]:
         def run_epoch(ctx, e: int) -> dict[str, float]:
-            from kdtune.engine import run_epoch as engine_epoch
-
             if e == 0:
                 self._stage_opt = self._optimizer(ctx)
             ctx.optimizers = [self._stage_opt]
@@ -99,8 +108,6 @@ class Prune(Method):
         return [self._optimizer(ctx)]  # fresh for the main stage (the stage's state is dropped)
 
     def train_step(self, ctx, batch) -> dict[str, Tensor]:
-        from kdtune.engine import default_step
-
         if self.masks is None:
             return default_step(ctx, self, batch)
         layers = dict(prunable(ctx.student))

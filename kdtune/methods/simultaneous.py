@@ -35,6 +35,9 @@ from torch import Tensor, nn
 from kdtune.methods._base import Method, MethodParams
 from kdtune.methods.pretrained import restricted_copy
 from kdtune.registry import METHODS
+from kdtune.train.ops import make_optimizer
+from kdtune.train.context import autocast, taps
+from kdtune.train.ops import evaluate
 
 
 def pair_groups(n_student: int, n_teacher: int) -> list[int]:
@@ -101,8 +104,6 @@ class Simultaneous(Method):
         return extras
 
     def optimizers(self, ctx):
-        from kdtune.engine import make_optimizer
-
         own = [p for n, p in ctx.extras.named_parameters() if not n.startswith("teacher.")]
         student_opt = make_optimizer(list(ctx.student.parameters()) + own, ctx.common)
         teacher_opt = make_optimizer(ctx.extras["teacher"].parameters(),
@@ -124,8 +125,6 @@ class Simultaneous(Method):
         return out
 
     def train_step(self, ctx, batch) -> dict[str, Tensor]:
-        from kdtune.engine import autocast, taps
-
         copy = ctx.extras["teacher"]
         with autocast(ctx.device):
             t_out = copy.forward_taps(batch.x)
@@ -148,7 +147,5 @@ class Simultaneous(Method):
         return terms
 
     def on_epoch_end(self, ctx, epoch: int) -> dict[str, float]:
-        from kdtune.engine import evaluate
-
         acc, _ = evaluate(ctx.extras["teacher"], ctx.loader("val"), ctx.device)
         return {"teacher_val_acc": acc}

@@ -2,7 +2,7 @@
 
 A model is ``stem → groups[0] → … → groups[k-1] → pool → fc``. ``forward(x)`` returns logits
 (what evaluation, export and serving use); ``forward_taps(x)`` returns the named taps methods
-read (style rule 3: "teacher group 3 output", never ``feats[1:-1]``):
+read by name ("teacher group 3 output", never ``feats[1:-1]``):
 
 - ``stem``:        output of the stem (input to group 0)
 - ``groups``:      list, output of each group (a residual stage, a conv layer, an MLP layer)

@@ -30,12 +30,18 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from pyarrow.fs import LocalFileSystem
 from ray.tune import Callback
 
-from kdtune.config import Spec, dump_spec, masked
-from kdtune.engine import CHECKPOINT
 from kdtune.redact import redact
-from kdtune.tracking import SweepWriter
+from kdtune.spec.load import dump_spec, masked
+from kdtune.spec.paths import CHECKPOINT
+from kdtune.spec.schema import Spec
+from kdtune.tracking.writer import SweepWriter
+from kdtune.train.teacher import ensure_teacher, needs_teacher
+from kdtune.tune._ray_compat import result_rows, trial_error_path
+from kdtune.tune.naming import trial_seed
+from kdtune.tune.run import best_spec, trial_name
 
 # Keys Ray adds to every result: bookkeeping, not the trial's measurements.
 RAY_KEYS = frozenset({
@@ -72,7 +78,7 @@ def metrics_of(result: dict[str, Any]) -> list[tuple[str, float, int]]:
 def error_text(trial) -> str | None:
     """The trial's error file: the driver's staging copy (written before ``on_trial_error``),
     else the copy in Tune storage."""
-    path = getattr(trial, "error_file", None)
+    path = trial_error_path(trial)
     if path:
         try:
             return Path(path).read_text()
@@ -120,7 +126,6 @@ class MLflowCallback(Callback):
 
     def _teacher(self):
         """The sweep's teacher: ``run_sweep`` prepared it already, so this is a cache hit."""
-        from kdtune.teacher import ensure_teacher, needs_teacher
 
         if not needs_teacher(self.spec):
             return None
@@ -171,16 +176,12 @@ class MLflowCallback(Callback):
 
     # ---- trials
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        from kdtune.tune.run import trial_name
-
         name = trial_name(trial)
         config = dict(trial.config or {})
         self.writer.trial_start(trial.trial_id, name, config, spec_yaml=self._trial_spec(name, config))
 
     def _trial_spec(self, name: str, config: dict[str, Any]) -> str:
         """The spec.yaml that reproduces a trial (its config fixed, its seed, its teacher)."""
-        from kdtune.tune.run import best_spec
-        from kdtune.tune.trainable import trial_seed
 
         try:
             return dump_spec(best_spec(self.spec, config, trial_seed(self.spec, name), self._teacher_path))
@@ -200,8 +201,6 @@ class MLflowCallback(Callback):
                 self._settle(t, "FINISHED" if t.status == "TERMINATED" else "FAILED")
 
     def _settle(self, trial, status: str | None) -> None:
-        from kdtune.tune.run import trial_name
-
         rows = result_rows(trial)
         metrics = [m for r in rows for m in metrics_of(r)]
         last = rows[-1] if rows else (trial.last_result or {})
@@ -216,8 +215,6 @@ class MLflowCallback(Callback):
 
     def _local_checkpoint(self, trial) -> str | None:
         try:
-            from pyarrow.fs import LocalFileSystem
-
             ckpt = trial.checkpoint
             if ckpt is not None and isinstance(ckpt.filesystem, LocalFileSystem):
                 return str(Path(ckpt.path) / CHECKPOINT)
@@ -267,8 +264,6 @@ class MLflowCallback(Callback):
         if ckpt is None:
             return
         try:
-            from pyarrow.fs import LocalFileSystem
-
             if isinstance(ckpt.filesystem, LocalFileSystem):
                 path = Path(ckpt.path) / CHECKPOINT
                 if path.is_file():
@@ -282,24 +277,6 @@ class MLflowCallback(Callback):
                 shutil.rmtree(tmp, ignore_errors=True)
         except Exception as e:  # noqa: BLE001 - tracking never stops a sweep; say so
             self._log(f"MLflow: checkpoint of {trial} not uploaded ({type(e).__name__}: {e})")
-
-
-def result_rows(trial) -> list[dict[str, Any]]:
-    """Every result a trial reported (its ``result.json`` in Tune storage; a line cut short by
-    a crash is skipped)."""
-    try:
-        fs = trial.storage.storage_filesystem
-        with fs.open_input_stream(f"{trial.storage.trial_fs_path}/result.json") as f:
-            text = f.readall().decode()
-    except Exception:  # noqa: BLE001 - never reported, or storage unreachable
-        return []
-    rows = []
-    for line in text.splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            continue
-    return rows
 
 
 def sweep_callbacks(spec: Spec, resume: bool = False,

@@ -17,41 +17,31 @@ for a method list the spec's name), so Tune names trials ``kd_...``. Each trial:
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from ray import tune
 
-from kdtune.config import Spec, SpecError
-from kdtune.engine import CHECKPOINT, load_state, save_state
-from kdtune.teacher import TeacherArtifact
-from kdtune.trial import run_trial
+from kdtune.limits import memory_limit
+from kdtune.spec.paths import CHECKPOINT
+from kdtune.spec.schema import Spec, SpecError
+from kdtune.train.checkpoint import load_state, save_state
+from kdtune.train.teacher import TeacherArtifact
+from kdtune.train.trial import run_trial
+from kdtune.tune.naming import trainable_name, trial_seed
 
 RunTrial = Callable[..., dict[str, float]]
-
-
-def trainable_name(spec: Spec) -> str:
-    """The method's name, or the spec's name when the method is a searched choice/composition."""
-    return spec.methods[0] if len(spec.methods) == 1 else spec.name
-
-
-def trial_number(trial_name: str) -> int:
-    """The sequential number kdtune's trial names end with (``kd_007`` → 7)."""
-    tail = trial_name.rsplit("_", 1)[-1]
-    return int(tail) if tail.isdigit() else 0
-
-
-def trial_seed(spec: Spec, trial_name: str) -> int:
-    return spec.search.seed + trial_number(trial_name)
 
 
 def make_trainable(spec: Spec, teacher: TeacherArtifact | None, run: RunTrial = run_trial,
                    shared: dict[str, Any] | None = None):
     """The Tune trainable for a spec, with its per-trial resources attached.
 
-    ``run`` is ``kdtune.trial.run_trial``; tests pass a stand-in with the same signature.
-    ``shared``: the files the driver prepared (``kdtune.shared.prepare_shared``), by path.
+    ``run`` is ``kdtune.train.trial.run_trial``; tests pass a stand-in with the same signature.
+    ``shared``: the files the driver prepared (``kdtune.train.cache.prepare_shared``), by path.
     """
     name = trainable_name(spec)
 
@@ -73,10 +63,6 @@ def make_trainable(spec: Spec, teacher: TeacherArtifact | None, run: RunTrial = 
 def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None,
                 run: RunTrial, shared_ref: dict | None = None) -> None:
     """The body of every trial (runs in a Ray worker)."""
-    import logging
-
-    import torch
-
     logging.getLogger("ray.train").setLevel(logging.WARNING)  # one INFO line per checkpoint
     spec = Spec.model_validate_json(spec_json)  # paths were made absolute by the driver
     ctx = tune.get_context()
@@ -112,7 +98,6 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
 
     # `auto` is the GPU Ray assigned: it sets CUDA_VISIBLE_DEVICES, so it is cuda:0 here.
     device = "auto" if spec.device.startswith("cuda") else spec.device
-    from kdtune.limits import memory_limit
 
     with memory_limit(spec.resources.memory_gb):  # restored after: the worker is reused
         extra = {"shared": shared_ref} if shared_ref else {}  # memory-mapped data, teacher outputs

@@ -1,4 +1,4 @@
-"""What a sweep prepares once for all its trials: files every trial on a node memory-maps.
+"""The sweep's cache: what the driver prepares once for all trials, memory-mapped on a node.
 
 - **Data view** (``<cache>/data/<key>/``): the student's train/val/test splits (uint8 images,
   labels, row ids) as ``.npy``. A trial maps them copy-on-write instead of loading the dataset,
@@ -9,12 +9,12 @@
   trust_region, mds, teacher-output dropout, which is applied after the outputs), the frozen
   teacher's outputs for every training row, computed once. A trial installs
   ``ctx.teacher_view``: it gathers rows by ``batch.idx`` and restricts the logits to the
-  student's classes (``engine.restrict``), exactly as the live path does.
+  student's classes (``restrict``), exactly as the live path does.
 
-Exactness: the outputs are computed by the live path's own code (``engine.teacher_taps`` under
-``engine.autocast`` on the trials' device type, unrestricted) over the training rows in order.
+Exactness: the outputs are computed by the live path's own code (``teacher_taps`` under
+``autocast`` on the trials' device type, unrestricted) over the training rows in order.
 A row's teacher output does not depend on the batch it is in once a batch has ≥ 4 rows, and
-``teacher_taps`` never runs fewer than 8 (see ``engine.MIN_TEACHER_ROWS``), so the cache equals
+``teacher_taps`` never runs fewer than 8 (see ``MIN_TEACHER_ROWS`` in ``kdtune/train/context.py``), so the cache equals
 the live teacher on any trial's shuffled batches bit for bit. Each build checks that on a
 shuffled batch and a 3-row batch; a cache that fails is not used (the trials run the teacher).
 
@@ -38,15 +38,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from kdtune.config import Spec
 from kdtune.data import DataSplits, TensorData, TensorLoader
+from kdtune.registry import METHODS
+from kdtune.spec.paths import cache_dir
+from kdtune.spec.schema import Spec
+from kdtune.train.context import autocast, restrict, student_data, teacher_taps
+from kdtune.train.teacher import load_teacher
 
 CACHEABLE = frozenset({"logits", "penultimate"})  # teacher taps the cache can hold
 CACHE_BATCH = 256  # rows per teacher forward when building (any size ≥ MIN_TEACHER_ROWS is exact)
 SPLITS = ("train", "val", "test")
 FORMAT = 1  # bump when the files' layout changes
 
-logger = logging.getLogger("kdtune.shared")
+logger = logging.getLogger("kdtune.train.cache")
 _said: set[str] = set()
 
 
@@ -127,7 +131,7 @@ def save_data_view(spec: Spec, data: DataSplits) -> Path:
             "in_channels": data.in_channels, "input_size": data.input_size,
             "classes": list(data.classes), "mean": list(data.mean), "std": list(data.std),
             "augment": data.augment, "rows": {s: len(getattr(data, s)) for s in SPLITS}}
-    return _write(spec.cache_dir / "data" / data_key(spec), arrays, meta)
+    return _write(cache_dir(spec) / "data" / data_key(spec), arrays, meta)
 
 
 def map_data_view(folder: str | os.PathLike) -> DataSplits:
@@ -157,9 +161,6 @@ def live_reason(name: str, needs: tuple[str, ...], augment: bool) -> str | None:
 def spec_methods(spec: Spec) -> list[tuple[str, tuple[str, ...]]]:
     """(name, teacher_needs) of each method a trial of this spec can be: the searched choices,
     or the one composition (its members' needs together)."""
-    import kdtune.methods  # noqa: F401  (registers the built-in methods)
-    from kdtune.registry import METHODS
-
     needs = {m: tuple(METHODS.get(m).teacher_needs) for m in spec.methods}
     if spec.compose:
         return [("+".join(spec.methods), tuple(sorted({t for v in needs.values() for t in v})))]
@@ -200,10 +201,7 @@ def _to_numpy(t: Tensor) -> np.ndarray:
 def build_teacher_outputs(spec: Spec, teacher, data: DataSplits, needs: tuple[str, ...],
                           device: torch.device, log: Callable[[str], None] = print) -> Path:
     """Compute the teacher's ``needs`` over the training rows in order; write and check them."""
-    from kdtune.engine import autocast, teacher_taps
-    from kdtune.teacher import load_teacher
-
-    folder = spec.cache_dir / "teacher-outputs" / outputs_key(teacher.path, spec, needs, device.type)
+    folder = cache_dir(spec) / "teacher-outputs" / outputs_key(teacher.path, spec, needs, device.type)
     if (folder / "meta.json").is_file():
         return folder
     model = load_teacher(teacher, device)
@@ -254,8 +252,6 @@ class TeacherOutputs:
         loader, index, have = ctx.train_loader, ctx.teacher_index, set(self.tensors)
 
         def teacher_view(batch, needs: tuple[str, ...]) -> dict[str, Any] | None:
-            from kdtune.engine import restrict
-
             if not set(needs) <= have or not plain(batch):
                 return None  # the live teacher
             idx = batch.idx if loader.device.type == "cpu" else batch.idx.to(next(iter(
@@ -286,14 +282,12 @@ def prepare_shared(spec: Spec, teacher, log: Callable[[str], None] = print) -> d
     try:
         return _prepare(spec, teacher, log)
     except OSError as e:  # a speed-up, never a reason for a sweep to fail
-        log(f"shared files: cannot write under {spec.cache_dir} ({e.strerror or e}): "
+        log(f"shared files: cannot write under {cache_dir(spec)} ({e.strerror or e}): "
             "each trial loads the data and runs the teacher itself")
         return None
 
 
 def _prepare(spec: Spec, teacher, log: Callable[[str], None]) -> dict[str, Any]:
-    from kdtune.trial import student_data
-
     data = student_data(spec)
     ref: dict[str, Any] = {"data": str(save_data_view(spec, data)), "outputs": None}
     if teacher is None:
@@ -312,8 +306,6 @@ def _prepare(spec: Spec, teacher, log: Callable[[str], None]) -> dict[str, Any]:
 
 def trial_data(spec: Spec, shared: dict[str, Any] | None) -> DataSplits:
     """The student's splits: the mapped view when the driver wrote one here, else loaded."""
-    from kdtune.trial import student_data
-
     folder = Path(shared["data"]) if shared and shared.get("data") else None
     if folder is not None and (folder / "meta.json").is_file():
         if json.loads((folder / "meta.json").read_text())["key"] == data_key(spec):

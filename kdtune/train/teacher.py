@@ -18,9 +18,17 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from kdtune.config import Spec, SpecError
-
 from kdtune import __version__
+from kdtune.data import load_data
+from kdtune.methods import make_method
+from kdtune.params.walk import CommonParams
+from kdtune.registry import METHODS
+from kdtune.spec.paths import TEACHER_FILE, TEACHER_META, teachers_dir
+from kdtune.spec.schema import Spec, SpecError
+from kdtune.tracking.registry import download_registered_model
+from kdtune.train.checkpoint import load_student, read_meta, save_state
+from kdtune.train.context import TrialContext, pick_device
+from kdtune.train.engine import train
 
 
 @dataclass
@@ -45,8 +53,6 @@ def teacher_key(spec: Spec) -> str:
 
 
 def needs_teacher(spec: Spec) -> bool:
-    from kdtune.registry import METHODS
-
     return any(getattr(METHODS.get(m), "uses_teacher", True) for m in spec.methods)
 
 
@@ -55,8 +61,6 @@ def ensure_teacher(spec: Spec, log: Callable[[str], None] = print) -> TeacherArt
     ckpt = spec.teacher.checkpoint
     if ckpt:
         if ckpt.startswith("models:/"):
-            from kdtune.tracking import download_registered_model
-
             path = download_registered_model(ckpt, spec)
         else:
             path = Path(ckpt)
@@ -65,21 +69,16 @@ def ensure_teacher(spec: Spec, log: Callable[[str], None] = print) -> TeacherArt
         meta = read_meta(path)
         log(f"teacher: using {ckpt}")
         return TeacherArtifact(path, meta)
-    folder = Path(spec.storage) / "teachers" / teacher_key(spec)
-    path = folder / "teacher.pt"
-    if path.is_file() and (folder / "meta.json").is_file():
-        meta = json.loads((folder / "meta.json").read_text())
+    folder = teachers_dir(spec) / teacher_key(spec)
+    path = folder / TEACHER_FILE
+    if path.is_file() and (folder / TEACHER_META).is_file():
+        meta = json.loads((folder / TEACHER_META).read_text())
         log(f"teacher: cached {spec.teacher.model} ({path}), test_acc {meta.get('test_acc', float('nan')):.4f}")
         return TeacherArtifact(path, meta)
     return _train_teacher(spec, folder, log)
 
 
 def _train_teacher(spec: Spec, folder: Path, log: Callable[[str], None]) -> TeacherArtifact:
-    from kdtune.engine import TrialContext, pick_device, save_state, train
-    from kdtune.data import load_data
-    from kdtune.methods import make_method
-    from kdtune.params import CommonParams
-
     t = spec.teacher
     data = load_data(spec.data.name, root=spec.data.root, download=spec.data.download,
                      train_limit=spec.data.train_limit, val_fraction=spec.data.val_fraction,
@@ -109,35 +108,14 @@ def _train_teacher(spec: Spec, folder: Path, log: Callable[[str], None]) -> Teac
             "dataset": spec.data.name, "epochs": t.epochs, "val_acc": final["val_acc"],
             "test_acc": final["test_acc"], "seconds": round(time.time() - t0, 1)}
     state = dict(states[-1], meta=meta)
-    save_state(state, folder / "teacher.pt")
-    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
-    log(f"teacher: test_acc {final['test_acc']:.4f}, saved {folder / 'teacher.pt'}")
-    return TeacherArtifact(folder / "teacher.pt", meta, trained=True)
-
-
-def read_meta(path: Path) -> dict[str, Any]:
-    import pickle
-    import warnings
-
-    from kdtune.engine import load_state, refusal
-
-    try:
-        with warnings.catch_warnings():  # (torch warns about foreign pickle protocols)
-            warnings.simplefilter("ignore")
-            state = load_state(path)  # weights only: a pickled payload is refused, never run
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise SpecError(f"teacher.checkpoint: {str(path)!r} refused: not a kdtune checkpoint that "
-                        f"loads weights-only ({refusal(e)})") from None
-    if not isinstance(state, dict) or "arch" not in state or "student" not in state:
-        raise SpecError(f"teacher.checkpoint: {str(path)!r} is not a kdtune checkpoint "
-                        "(train one with `kdtune train` or pass a models:/ URI)")
-    return dict(state.get("meta", {}), arch=state["arch"], classes=state["classes"])
+    save_state(state, folder / TEACHER_FILE)
+    (folder / TEACHER_META).write_text(json.dumps(meta, indent=2))
+    log(f"teacher: test_acc {final['test_acc']:.4f}, saved {folder / TEACHER_FILE}")
+    return TeacherArtifact(folder / TEACHER_FILE, meta, trained=True)
 
 
 def load_teacher(artifact: TeacherArtifact, device: torch.device) -> nn.Module:
     """The frozen teacher in eval mode (its BatchNorm statistics never move)."""
-    from kdtune.engine import load_student
-
     model = load_student(artifact.path, device)
     for p in model.parameters():
         p.requires_grad_(False)

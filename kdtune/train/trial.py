@@ -7,28 +7,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from kdtune.config import Spec, SpecError
-from kdtune.data import load_data
-from kdtune.engine import Report, TrialContext, pick_device, train
 from kdtune.methods import build_method
-from kdtune.params import split_config
-from kdtune.teacher import TeacherArtifact, class_index, load_teacher
-
-
-def student_data(spec: Spec):
-    d = spec.data
-    return load_data(d.name, root=d.root, download=d.download, train_limit=d.train_limit,
-                     val_fraction=d.val_fraction, classes=spec.student.classes, seed=d.split_seed)
+from kdtune.params.walk import split_config
+from kdtune.spec.schema import Spec, SpecError
+from kdtune.train.cache import trial_data, use_teacher_outputs
+from kdtune.train.context import Report, TrialContext, pick_device, student_data
+from kdtune.train.engine import train
+from kdtune.train.teacher import TeacherArtifact, class_index, load_teacher
 
 
 def make_context(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | None, *,
                  seed: int, device: str | None = None, shared: dict[str, Any] | None = None):
     """(context, method) for one run; raises SpecError for a class relation the method refuses.
 
-    ``shared``: what the sweep's driver prepared (``kdtune.shared.prepare_shared``): the data
+    ``shared``: what the sweep's driver prepared (``kdtune.train.cache.prepare_shared``): the data
     view to memory-map and the teacher-output cache."""
-    from kdtune.shared import trial_data, use_teacher_outputs
-
     method = build_method(spec, config)
     common, _, _ = split_config(spec, config)
     data = trial_data(spec, shared) if shared else student_data(spec)

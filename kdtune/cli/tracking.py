@@ -1,6 +1,6 @@
 """``kdtune best | promote | ui`` and ``kdtune sweep list``: the MLflow side of the CLI.
 
-``register(app, sweep_app)`` adds them (the logic is in ``kdtune/tracking.py``). Every command
+``register(app, sweep_app)`` adds them (the logic is in ``kdtune.api`` and ``kdtune/tracking/``). Every command
 reads the tracking store named by ``--tracking-uri``, else ``--spec``'s ``tracking.uri``, else
 ``$MLFLOW_TRACKING_URI``, else the default spec's store (``./kdtune-results/mlflow.db``). Bad input
 (no such sweep, a run without a checkpoint) prints one line and exits 2 with nothing changed;
@@ -12,10 +12,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
+
+from kdtune.cli.common import console, fail, guarded, say, short
 
 SpecOpt = typer.Option(None, "--spec", help="A spec: its tracking store (and sweep name).")
 UriOpt = typer.Option(None, "--tracking-uri", help="The MLflow store or server (overrides --spec).")
@@ -27,9 +30,8 @@ def _store_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # lazy: MLflow takes seconds to import
 
-        from kdtune.cli import fail
 
         try:
             return fn(*a, **kw)
@@ -41,8 +43,8 @@ def _store_errors(fn):
 
 def _store(spec: Optional[Path], uri: Optional[str]):
     """(tracking uri, loaded spec or None)."""
-    from kdtune.config import load_spec
-    from kdtune.tracking import resolve_uri
+    from kdtune.checks import load_spec  # lazy: the checks import torch
+    from kdtune.tracking.client import resolve_uri  # lazy: MLflow
 
     s = load_spec(spec) if spec else None
     return resolve_uri(s, uri), s
@@ -56,13 +58,12 @@ def best(sweep: Optional[str] = SweepOpt,
     writes best.yaml beside the sweep's results."""
     from rich.table import Table
 
-    from kdtune.cli import console
-    from kdtune.tracking import best_trials, write_best_yaml
+    from kdtune import api  # lazy: MLflow and torch load only for the command that runs
 
     uri, s = _store(spec, tracking_uri)
-    out = best_trials(uri, sweep or (s.name if s else None), top)
-    path = write_best_yaml(uri, out)
-    out["best_yaml"] = str(path) if path else None
+    res = api.best(s, sweep=sweep, top=top, tracking_uri=uri)
+    out = res.to_dict()
+    path = res.best_yaml
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
         return
@@ -72,14 +73,10 @@ def best(sweep: Optional[str] = SweepOpt,
     for r in out["top"]:
         table.add_row(str(r["rank"]), r["run_name"] or r["run_id"], f"{r['value']:.4f}", str(r["epoch"]),
                       "-" if r["test_acc"] is None else f"{r['test_acc']:.4f}", r["status"],
-                      " ".join(f"{k}={_short(v)}" for k, v in r["params"].items()))
+                      " ".join(f"{k}={short(v)}" for k, v in r["params"].items()))
     console.print(table)
     if path:
         console.print(f"best.yaml: {path}", highlight=False)
-
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def promote(sweep: Optional[str] = SweepOpt,
@@ -91,19 +88,21 @@ def promote(sweep: Optional[str] = SweepOpt,
             as_json: bool = typer.Option(False, "--json", help="Print JSON."),
             spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = UriOpt) -> None:
     """Register the best trial's student (pt2) as a new model version and set an alias."""
-    from kdtune.cli import console, fail
-    from kdtune.tracking import promote as do_promote
+    from kdtune import api  # lazy: MLflow and torch load only for the command that runs
 
     if sweep and run_id:
         fail("give --sweep or --run-id, not both")
     uri, s = _store(spec, tracking_uri)
-    out = do_promote(uri, sweep=sweep or (s.name if s and not run_id else None), run_id=run_id,
-                     model_name=model_name, alias=alias, log=(lambda _: None) if as_json else console.print)
+    res = api.promote(s, sweep=sweep, run_id=run_id, model_name=model_name, alias=alias,
+                      tracking_uri=uri, log=(lambda _: None) if as_json else console.print)
+    out = res.to_dict()
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
     else:
-        console.print(f"load it: mlflow.pytorch.load_model({out['uri']!r}); as a teacher: "
-                      f"teacher.checkpoint: {out['uri']}", highlight=False)
+        # the hint names the store: MLflow alone would look in ./mlflow.db, not kdtune's
+        say(f"load it: MLFLOW_TRACKING_URI={res.tracking_uri} python -c \"import mlflow; "
+            f"m = mlflow.pytorch.load_model('{res.uri}'); print(m)\"")
+        say(f"as a teacher: teacher.checkpoint: {res.uri}")
 
 
 def ui(port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1."),
@@ -112,11 +111,11 @@ def ui(port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1."),
                                                        help="The MLflow store (overrides --spec)."),
        workers: int = typer.Option(1, "--workers", min=1, help="Server worker processes.")) -> None:
     """The MLflow UI for the tracking store, bound to 127.0.0.1 (Ctrl-C stops it)."""
-    import sys
-
-    from kdtune.cli import console
-    from kdtune.config import parse_spec
-    from kdtune.tracking import is_remote, ui_command
+    from kdtune.spec import parse_spec
+    from kdtune.spec.paths import artifacts_beside
+    from kdtune.spec.paths import tracking_uri as tracking_uri_of
+    from kdtune.tracking.client import is_remote  # lazy: MLflow
+    from kdtune.tracking.ui import ui_command  # lazy: as above
 
     uri, s = _store(spec, backend_store_uri)
     if is_remote(uri):
@@ -124,11 +123,9 @@ def ui(port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1."),
         return
     artifacts = None
     if uri.startswith("sqlite:///"):
-        artifacts = str(Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts")
-    elif s is not None:
-        artifacts = str(Path(s.storage) / "mlartifacts")
+        artifacts = artifacts_beside(uri)
     else:
-        artifacts = str(Path(parse_spec({}).storage) / "mlartifacts")
+        artifacts = artifacts_beside(tracking_uri_of(s or parse_spec({})))
     cmd = ui_command(uri, port, artifacts, workers)
     # the server's job runner (a dozen huey workers for GenAI jobs) is not needed to browse runs
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
@@ -142,8 +139,7 @@ def sweep_list(spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = Uri
     """Sweeps in the tracking store, newest first."""
     from rich.table import Table
 
-    from kdtune.cli import console
-    from kdtune.tracking import list_sweeps
+    from kdtune.tracking.query import list_sweeps  # lazy: MLflow
 
     uri, _ = _store(spec, tracking_uri)
     rows = list_sweeps(uri)
@@ -162,7 +158,6 @@ def sweep_list(spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = Uri
 
 def register(app: typer.Typer, sweep_app: typer.Typer | None = None) -> None:
     """Add the commands to kdtune's app (and ``list`` to its ``sweep`` group)."""
-    from kdtune.cli import guarded
 
     for fn, name in ((best, "best"), (promote, "promote"), (ui, "ui")):
         app.command(name)(guarded(_store_errors(fn)))

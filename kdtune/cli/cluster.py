@@ -14,6 +14,8 @@ from typing import Optional
 
 import typer
 
+from kdtune.cli.common import err, fail, guarded
+
 ADDRESS_HELP = ("The cluster's Ray Jobs API, e.g. http://HEAD:8265 "
                 "(default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS).")
 AddressOpt = typer.Option(None, "--address", help=ADDRESS_HELP)
@@ -24,7 +26,6 @@ def _cluster_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*a, **kw):
-        from kdtune.cli import fail
         from kdtune.cluster import ClusterError
 
         try:
@@ -54,8 +55,7 @@ def submit(spec: Path = typer.Argument(..., help="Spec YAML."),
                                             "that have its dependencies but not kdtune).")) -> None:
     """Submit a sweep to a Ray cluster; prints the job id."""
     from kdtune import cluster
-    from kdtune.cli import err
-    from kdtune.config import load_spec
+    from kdtune.checks import load_spec
 
     url = cluster.jobs_address(address)  # before loading: a missing address is the first fix
     s = load_spec(spec, set_)
@@ -113,7 +113,6 @@ def stop(job_id: str = typer.Argument(..., help="The id `submit` printed."),
 
 def register(sweep_app: typer.Typer) -> None:
     """Add submit/status/logs/stop to the `sweep` sub-app."""
-    from kdtune.cli import guarded  # late: kdtune.cli imports the module that calls this
 
     for fn in (submit, status, logs, stop):
         sweep_app.command(fn.__name__)(guarded(_cluster_errors(fn)))

@@ -1,0 +1,176 @@
+"""kdtune's Python API: train one configuration, run a sweep, read the best trial, promote it.
+
+The CLI is a thin layer over these functions (parse, call, print), so a notebook gets exactly
+what ``kdtune train | sweep run | best | promote`` do. Every function takes a ``Spec`` or the
+path of a spec file; bad input raises ``SpecError`` (one line naming the field) before anything
+starts. See ``docs/api.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kdtune.checks import load_spec
+from kdtune.params.walk import resolve_params
+from kdtune.promote import promote as _promote
+from kdtune.spec.paths import CHECKPOINT, train_dir
+from kdtune.spec.schema import Spec
+from kdtune.tracking.client import resolve_uri
+from kdtune.tracking.preflight import check_tracking
+from kdtune.tracking.query import best_trials, write_best_yaml
+from kdtune.train.checkpoint import save_state
+from kdtune.train.teacher import ensure_teacher, needs_teacher
+from kdtune.train.trial import run_trial
+from kdtune.tune.callbacks import sweep_callbacks
+from kdtune.tune.run import SweepResult, TrialRow, run_sweep
+
+Log = Callable[[str], None]
+SpecLike = Spec | str | Path
+
+__all__ = ["BestTrials", "Promotion", "SweepResult", "TrainResult", "TrialRow", "best", "promote",
+           "sweep", "train"]
+
+
+def _spec(spec: SpecLike, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    return load_spec(spec, overrides) if isinstance(spec, (str, Path)) else spec
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --------------------------------------------------------------------------- train
+@dataclass
+class TrainResult:
+    """One configuration trained: its final metrics, per-epoch history and checkpoint."""
+
+    spec: Spec
+    config: dict[str, Any]              # the flat hyperparameters it ran with
+    metrics: dict[str, float]           # the last epoch's metrics (test_acc included)
+    history: list[dict[str, float]]     # every main epoch's metrics, in order
+    checkpoint: Path                    # weights-only loadable (kdtune.train.checkpoint.load_student)
+    seconds: float
+
+    @property
+    def test_acc(self) -> float:
+        return float(self.metrics["test_acc"])
+
+
+def train(spec: SpecLike, *, seed: int | None = None, overrides: list[str] | tuple[str, ...] = (),
+          on_epoch: Callable[[dict[str, float]], None] | None = None,
+          on_stage: Callable[[dict[str, float]], None] | None = None,
+          log: Log = print) -> TrainResult:
+    """Train ``spec``'s configuration (``params`` fixed, paper defaults elsewhere) without Ray:
+    the teacher (trained once and cached, or given), then the student. ``on_epoch`` receives
+    each main epoch's metrics, ``on_stage`` each pre-stage epoch's."""
+    s = _spec(spec, overrides)
+    config = resolve_params(s)
+    teacher = ensure_teacher(s, log=log) if needs_teacher(s) else None
+    history: list[dict[str, float]] = []
+    last: dict[str, Any] = {}
+
+    def report(metrics: dict[str, float], state: dict[str, Any] | None = None, *,
+               stage: bool = False) -> None:
+        if stage:
+            (on_stage or (lambda m: None))(metrics)
+            return
+        history.append(dict(metrics))
+        (on_epoch or (lambda m: None))(metrics)
+        if state is not None:
+            last["state"] = state
+
+    t0 = time.time()
+    final = run_trial(s, config, teacher, report, seed=s.seed if seed is None else seed)
+    path = save_state(last["state"], train_dir(s, time.strftime("%Y%m%d-%H%M%S")) / CHECKPOINT)
+    return TrainResult(spec=s, config=config, metrics=final, history=history, checkpoint=path,
+                       seconds=time.time() - t0)
+
+
+# --------------------------------------------------------------------------- sweep
+def sweep(spec: SpecLike, *, resume: bool = False, overrides: list[str] | tuple[str, ...] = (),
+          tracking: bool = True, log: Log = print) -> SweepResult:
+    """Run (or with ``resume`` continue) the sweep ``spec`` describes on Ray Tune, logging every
+    trial to MLflow (``tracking=False``: no MLflow). Writes ``<storage>/<name>/best.yaml``."""
+    s = _spec(spec, overrides)
+    callbacks = sweep_callbacks(s, resume, log=log) if tracking else []
+    if callbacks:  # the tracking store answers (and takes writes) before Ray starts
+        check_tracking(s)
+    return run_sweep(s, resume=resume, callbacks=callbacks, log=log)
+
+
+# --------------------------------------------------------------------------- best
+@dataclass
+class BestTrials:
+    """A sweep's trials ranked by its metric at each trial's last reported epoch (from MLflow)."""
+
+    sweep: str
+    parent_run_id: str
+    metric: str
+    mode: str
+    tracking_uri: str
+    run_dir: str | None
+    trials: int                      # child runs in the sweep
+    ranked: int                      # of those, with a finite metric
+    top: list[dict[str, Any]]        # rank, run_id, run_name, value, epoch, params, ...
+    best_yaml: str | None = None     # written beside the sweep's results (None: not written)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def best(self) -> dict[str, Any] | None:
+        return self.top[0] if self.top else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+def _store(spec: SpecLike | None, tracking_uri: str | None) -> tuple[str, Spec | None]:
+    s = _spec(spec) if spec is not None else None
+    return resolve_uri(s, tracking_uri), s
+
+
+def best(spec: SpecLike | None = None, *, sweep: str | None = None, top: int = 1,
+         tracking_uri: str | None = None, write_yaml: bool = True) -> BestTrials:
+    """The ``top`` trials of a sweep (default: the spec's sweep, else the newest in the store);
+    with ``write_yaml`` also ``best.yaml`` beside the sweep's results."""
+    uri, s = _store(spec, tracking_uri)
+    out = best_trials(uri, sweep or (s.name if s else None), top)
+    path = write_best_yaml(uri, out) if write_yaml else None
+    known = {k: out.pop(k) for k in ("sweep", "parent_run_id", "metric", "mode", "tracking_uri",
+                                     "run_dir", "trials", "ranked", "top")}
+    return BestTrials(**known, best_yaml=str(path) if path else None, extra=out)
+
+
+# --------------------------------------------------------------------------- promote
+@dataclass
+class Promotion:
+    """A student registered in the MLflow model registry, with an alias pointing at it."""
+
+    name: str
+    version: str
+    alias: str
+    uri: str                 # models:/NAME@alias
+    run_id: str
+    model_uri: str
+    value: float | None      # the sweep's metric of the promoted trial (None for --run-id)
+    test_acc: float | None
+    tracking_uri: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def promote(spec: SpecLike | None = None, *, sweep: str | None = None, run_id: str | None = None,
+            model_name: str | None = None, alias: str = "champion",
+            tracking_uri: str | None = None, log: Log = _quiet) -> Promotion:
+    """Register a sweep's best trial (or ``run_id``) as a new model version and set ``alias``."""
+    uri, s = _store(spec, tracking_uri)
+    out = _promote(uri, sweep=sweep or (s.name if s and not run_id else None), run_id=run_id,
+                   model_name=model_name, alias=alias, log=log)
+    return Promotion(**{k: out[k] for k in ("name", "version", "alias", "uri", "run_id",
+                                            "model_uri", "value", "test_acc")},
+                     tracking_uri=uri)

@@ -1,0 +1,1 @@
+"""Hyperparameters: search-space files (``space``) and the one walk over them (``walk``)."""

@@ -1,0 +1,1 @@
+"""Training one configuration: context, steps, the loop, checkpoints, the teacher, the cache."""
