@@ -40,8 +40,8 @@ def run_kdtune(data, epochs: int, compile_: bool) -> tuple[Timer, list[float]]:
     import torch
 
     from kdtune.spec import parse_spec
-    from kdtune.train.context import TrialContext
-    from kdtune.train.engine import train
+    from kdtune.training.context import TrialContext
+    from kdtune.training.engine import train
     from kdtune.methods import make_method
     from kdtune.params.walk import CommonParams
 

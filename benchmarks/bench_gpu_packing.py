@@ -40,7 +40,7 @@ def main() -> None:
     import ray
 
     from kdtune.spec import parse_spec
-    from kdtune.train.cache import prepare_shared
+    from kdtune.training.cache import prepare_shared
     from kdtune.tune.run import build_tuner, init_ray
     from kdtune.tune.trainable import make_trainable
 

@@ -31,9 +31,9 @@ def fake_teacher(spec, folder: Path):
     import torch
 
     from kdtune.data import raw_data
-    from kdtune.train.checkpoint import arch_of, save_state
+    from kdtune.training.checkpoint import arch_of, save_state
     from kdtune.models import create_model
-    from kdtune.train.teacher import TeacherArtifact
+    from kdtune.training.teacher import TeacherArtifact
 
     raw = raw_data(spec.data.name)
     torch.manual_seed(0)
@@ -59,8 +59,8 @@ def main() -> None:
 
     from kdtune.spec import parse_spec
     from kdtune.params.walk import resolve_params
-    from kdtune.train.cache import prepare_shared
-    from kdtune.train.trial import run_trial
+    from kdtune.training.cache import prepare_shared
+    from kdtune.training.trial import run_trial
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="kdtune-bench-kd-"))

@@ -5,7 +5,7 @@ trial does (``make_context``), reads every training, validation and test image o
 worth of page faults), then trains 20 steps of ``cnn_small`` (model, optimiser, activations),
 gives freed heap memory back (``malloc_trim``), and waits while its memory is read (psutil):
 
-- shared: ``shared=`` the driver's data view (``kdtune.shared.prepare_shared``), memory-mapped;
+- shared: ``shared=`` the driver's data view (``kdtune.training.cache.prepare_shared``), memory-mapped;
 - loaded: no shared view, each trial loads the dataset itself (``load_data``), as before.
 
 Figures: a trial's private memory (USS) with a small and a 5× larger training set (two trials
@@ -37,11 +37,11 @@ def child(spec_json: str, shared_json: str) -> None:
     import torch
 
     from kdtune.spec import Spec
-    from kdtune.train.engine import build_student
-    from kdtune.train.ops import default_step, evaluate, make_optimizer
+    from kdtune.training.engine import build_student
+    from kdtune.training.ops import default_step, evaluate, make_optimizer
     from kdtune.methods import Batch
     from kdtune.params.walk import resolve_params
-    from kdtune.train.trial import make_context
+    from kdtune.training.trial import make_context
 
     torch.set_num_threads(1)
     spec = Spec.model_validate_json(spec_json)
@@ -108,7 +108,7 @@ def main() -> None:
     counts = [1, 2] if a.quick else [1, 2, 4]
 
     from kdtune.spec import parse_spec
-    from kdtune.train.cache import prepare_shared
+    from kdtune.training.cache import prepare_shared
 
     tmp = Path(tempfile.mkdtemp(prefix="kdtune-bench-mem-"))
     name = dataset(a.quick)

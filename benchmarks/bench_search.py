@@ -86,8 +86,8 @@ def main() -> None:
     import ray
 
     from kdtune.spec import parse_spec
-    from kdtune.train.cache import prepare_shared
-    from kdtune.train.teacher import ensure_teacher
+    from kdtune.training.cache import prepare_shared
+    from kdtune.training.teacher import ensure_teacher
     from kdtune.tune.run import init_ray
 
     tmp = Path(tempfile.mkdtemp(prefix="kdtune-bench-search-"))

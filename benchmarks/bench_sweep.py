@@ -29,7 +29,7 @@ def make_timed_run(log_path: str):
     """``run_trial`` that appends its compute time to ``log_path`` (one JSON line per trial)."""
 
     def timed_run(spec, config, teacher, report, **kw):
-        from kdtune.train.trial import run_trial
+        from kdtune.training.trial import run_trial
 
         in_report = [0.0]
 
@@ -65,7 +65,7 @@ def main() -> None:
     import ray
 
     from kdtune.spec import parse_spec
-    from kdtune.train.cache import prepare_shared
+    from kdtune.training.cache import prepare_shared
     from kdtune.tune.run import build_tuner, init_ray
     from kdtune.tune.plan import concurrency
     from kdtune.tune.trainable import make_trainable

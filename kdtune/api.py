@@ -15,15 +15,15 @@ from typing import Any, Callable
 
 from kdtune.checks import load_spec
 from kdtune.params.walk import resolve_params
-from kdtune.promote import promote as _promote
+from kdtune.promotion import promote as _promote
 from kdtune.spec.paths import CHECKPOINT, train_dir
 from kdtune.spec.schema import Spec
 from kdtune.tracking.client import resolve_uri
 from kdtune.tracking.preflight import check_tracking
 from kdtune.tracking.query import best_trials, write_best_yaml
-from kdtune.train.checkpoint import save_state
-from kdtune.train.teacher import ensure_teacher, needs_teacher
-from kdtune.train.trial import run_trial
+from kdtune.training.checkpoint import save_state
+from kdtune.training.teacher import ensure_teacher, needs_teacher
+from kdtune.training.trial import run_trial
 from kdtune.tune.callbacks import sweep_callbacks
 from kdtune.tune.run import SweepResult, TrialRow, run_sweep
 
@@ -51,7 +51,7 @@ class TrainResult:
     config: dict[str, Any]              # the flat hyperparameters it ran with
     metrics: dict[str, float]           # the last epoch's metrics (test_acc included)
     history: list[dict[str, float]]     # every main epoch's metrics, in order
-    checkpoint: Path                    # weights-only loadable (kdtune.train.checkpoint.load_student)
+    checkpoint: Path                    # weights-only loadable (kdtune.training.checkpoint.load_student)
     seconds: float
 
     @property

@@ -6,28 +6,37 @@
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import pickle
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
+
+import torch
 
 from pydantic import TypeAdapter, ValidationError
 
 import kdtune.models  # noqa: F401  (importing registers the model zoo)
 from kdtune.data import raw_data, resolve_classes
-from kdtune.methods import METHODS, build_method
+from kdtune.methods import METHODS, Composite, Method, build_method
+from kdtune.models import ModelArgumentError, create_model
 from kdtune.params.space import load_space
 from kdtune.params.walk import CommonParams, resolve_params, spaces_for
 from kdtune.registry import DATASETS, MODELS, UnknownNameError
 from kdtune.spec.load import read_spec
 from kdtune.spec.schema import Spec, SpecError
-from kdtune.train.checkpoint import read_meta
+from kdtune.training.checkpoint import read_meta
+from kdtune.training.engine import ENGINE_METRICS
+from kdtune.training.teacher import needs_teacher
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
     """Read a spec file, apply ``--set`` overrides, validate it and check it against the
     registries and the data. Raises SpecError (one line) for anything a run would trip on."""
-    spec = read_spec(path, overrides)
+    spec = read_spec(path, overrides, teacher_free=True)
     check_spec(spec)
+    if needs_teacher(spec):
+        spec = read_spec(path, overrides)  # now `teacher:` must be there: a method uses it
     return spec
 
 
@@ -78,6 +87,13 @@ def check_spec(spec: Spec) -> None:
                         f"for {'/'.join(spec.methods)} (G→S); use anti_distillation for S→G")
     if "superset" in relations and not ckpt and not set(t_cls) <= set(s_cls):
         raise SpecError(f"student.classes: {s_cls} must include teacher.classes {t_cls} (S→G)")
+    shape = (int(raw.train_x.shape[1]), int(raw.train_x.shape[2]))
+    if not ckpt and needs_teacher(spec):
+        check_model("teacher", spec.teacher.model, spec.teacher.kwargs, len(t_cls), *shape)
+    if any(METHODS.get(m).build_student is Method.build_student for m in spec.methods):
+        # (finetune, prune, anti_distillation, pretrained build the student from the teacher)
+        check_model("student", spec.student.model, spec.student.kwargs, len(s_cls), *shape)
+    check_metric(spec, build_method(spec, config))
     for m in spec.methods:  # method-specific limits (e.g. KR's c vs the teacher's depth)
         METHODS.get(m)().check(spec)
 
@@ -128,3 +144,41 @@ def check_bounds(space, target, where: str, prefix: str = "params.") -> None:
                 raise SpecError(f"{prefix}{name}: {what} {v!r} in {where} is not allowed "
                                 f"({msg})") from None
 
+
+
+def check_model(role: str, name: str, kwargs: dict[str, Any], num_classes: int, in_channels: int,
+                input_size: int) -> None:
+    """Build the model once on the meta device (shapes only: no memory, no init cost), so a typo
+    or a value its factory refuses stops here, not in every trial."""
+    try:
+        with torch.device("meta"):
+            create_model(name, num_classes, in_channels, input_size, **kwargs)
+    except ModelArgumentError as e:
+        raise SpecError(f"{role}.kwargs.{e.arg}: {e}") from None
+    except (TypeError, ValueError) as e:
+        msg = str(e).splitlines()[0]
+        arg = msg.split(" ", 1)[0]  # factories name the argument first ("width must be > 0")
+        field = f"{role}.kwargs.{arg}" if arg in kwargs else f"{role}.kwargs"
+        raise SpecError(f"{field}: {name}: {msg}") from None
+
+
+def reported_metrics(spec: Spec, method: Method) -> list[str]:
+    """What a trial of ``spec`` reports per main epoch (fnmatch patterns): the engine's
+    metrics, robustness accuracies, and the method's ``loss``/``ce`` and declared terms."""
+    corr = [f"test_acc/{spec.corruption.kind}_{lvl:g}" for lvl in spec.corruption.levels]
+    own = list(method.terms) if isinstance(method, Composite) else ["loss", "ce", *method.terms]
+    return [*ENGINE_METRICS, *corr, *own]
+
+
+def check_metric(spec: Spec, method: Method) -> None:
+    """``metric`` names something every trial reports (a method choice: each choice does)."""
+    methods = [method] if spec.compose or len(spec.methods) == 1 else \
+        [METHODS.get(m)() for m in spec.methods]
+    for m in methods:
+        names = reported_metrics(spec, m)
+        if not any(fnmatch.fnmatchcase(spec.metric, p) for p in names):
+            close = difflib.get_close_matches(spec.metric, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            who = getattr(m, "name", "") or "+".join(spec.methods)
+            raise SpecError(f"metric: {spec.metric!r} is never reported by {who}; {hint}"
+                            f"choose one of {', '.join(names)}")

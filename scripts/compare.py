@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     if not a.table_only:
         from kdtune.checks import load_spec
         from kdtune.params.walk import resolve_params
-        from kdtune.train.teacher import ensure_teacher, needs_teacher
-        from kdtune.train.trial import run_trial
+        from kdtune.training.teacher import ensure_teacher, needs_teacher
+        from kdtune.training.trial import run_trial
 
         out.parent.mkdir(parents=True, exist_ok=True)
         for label, sets in runs:

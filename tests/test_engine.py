@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from kdtune.spec import parse_spec
-from kdtune.train.checkpoint import load_state, load_student, save_state
+from kdtune.training.checkpoint import load_state, load_student, save_state
 from kdtune.params.walk import resolve_params
-from kdtune.train.trial import make_context, run_trial
+from kdtune.training.trial import make_context, run_trial
 
 
 def spec_for(tmp_path: Path, **kw):

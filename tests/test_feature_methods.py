@@ -24,9 +24,9 @@ from kdtune.methods.fsp import fsp_loss, fsp_matrix
 from kdtune.methods.kr import KR, phi0
 from kdtune.models import create_model
 from kdtune.params.walk import resolve_params
-from kdtune.train.teacher import ensure_teacher
-from kdtune.train.trial import make_context, run_trial
-from kdtune.train.engine import train
+from kdtune.training.teacher import ensure_teacher
+from kdtune.training.trial import make_context, run_trial
+from kdtune.training.engine import train
 
 
 # --------------------------------------------------------------------------- the math by hand

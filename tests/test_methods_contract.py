@@ -23,12 +23,12 @@ import torch
 
 from kdtune.spec import Spec, parse_spec
 from kdtune.params.space import method_space
-from kdtune.train.ops import evaluate
-from kdtune.train.checkpoint import load_state, load_student, save_state
+from kdtune.training.ops import evaluate
+from kdtune.training.checkpoint import load_state, load_student, save_state
 from kdtune.methods import METHODS
 from kdtune.params.walk import resolve_params
-from kdtune.train.teacher import ensure_teacher
-from kdtune.train.trial import make_context, run_trial
+from kdtune.training.teacher import ensure_teacher
+from kdtune.training.trial import make_context, run_trial
 
 FIRST5 = {"first": 5}
 CLASSES = {"subset": ("all", FIRST5), "superset": (FIRST5, "all"), "any": ("all", "all")}

@@ -16,11 +16,11 @@ from torch import nn
 
 from kdtune.spec import parse_spec
 from kdtune.data import load_data
-from kdtune.train.context import TrialContext, seed_everything
-from kdtune.train.engine import build_student, train
+from kdtune.training.context import TrialContext, seed_everything
+from kdtune.training.engine import build_student, train
 from kdtune.models import count_params
-from kdtune.train.ops import evaluate, make_optimizer
-from kdtune.train.checkpoint import load_student, save_state
+from kdtune.training.ops import evaluate, make_optimizer
+from kdtune.training.checkpoint import load_student, save_state
 from kdtune.methods import Batch, make_method
 from kdtune.methods.kd import TeacherDropout
 from kdtune.methods.mds import fit_probe

@@ -25,11 +25,14 @@ from typer.testing import CliRunner
 from test_config import BAD, REGISTRY_BAD, base
 from test_tracking import free_port, start, stop, wait_http
 
+from kdtune.spec import paths
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = ROOT / "tests" / "plugins"
 KDTUNE = str(Path(sys.executable).parent / "kdtune")
 
 TINY = {"data": {"name": "digits", "train_limit": 200, "val_fraction": 0.2},
+        "teacher": {"model": "cnn4", "epochs": 1}, "method": "kd",
         "student": {"model": "cnn_small", "kwargs": {"width": 0.25}},
         "scheduler": {"type": "none"}, "resources": {"cpu": 1, "gpu": 0}}
 
@@ -253,7 +256,6 @@ def test_memory_limit_is_enforced_and_restored(tmp_path):
     code = """
 import resource, torch
 from kdtune.limits import TrialOutOfMemory, memory_limit
-from kdtune.spec import paths
 before = resource.getrlimit(resource.RLIMIT_AS)
 try:
     with memory_limit(0.25):

@@ -12,17 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import kdtune.shared as shared_mod
+import kdtune.training.cache as shared_mod
 from kdtune.spec import parse_spec
-from kdtune.train.context import MIN_TEACHER_ROWS, restrict, seed_everything, teacher_taps
-from kdtune.train.engine import build_student, train
-from kdtune.train.ops import default_step, make_optimizer
+from kdtune.training.context import MIN_TEACHER_ROWS, restrict, seed_everything, teacher_taps
+from kdtune.training.engine import build_student, train
+from kdtune.training.ops import default_step, make_optimizer
 from kdtune.methods import Batch
 from kdtune.models import create_model
 from kdtune.params.walk import resolve_params
-from kdtune.train.cache import is_mapped, prepare_shared
-from kdtune.train.teacher import ensure_teacher
-from kdtune.train.trial import make_context
+from kdtune.training.cache import is_mapped, prepare_shared
+from kdtune.training.teacher import ensure_teacher
+from kdtune.training.trial import make_context
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = ["kd", "logit_l2", "mds", "trust_region", "fitnet", "at"]
@@ -134,7 +134,7 @@ def test_cache_serves_output_methods_and_feature_methods_run_live(sweep, caplog)
     assert any("fitnet reads teacher taps groups: live teacher" in s for s in lines)
     assert any("at reads teacher taps groups: live teacher" in s for s in lines)
     assert not any(s.startswith("teacher outputs: kd") for s in lines)
-    caplog.set_level(logging.WARNING, logger="kdtune.shared")
+    caplog.set_level(logging.WARNING, logger="kdtune.training.cache")
     used = {}
     for method in METHODS:
         ctx, _ = make_context(spec, config_for(spec, method), teacher, seed=0, shared=ref)
@@ -156,7 +156,7 @@ def test_augmentation_means_the_live_teacher(sweep, tmp_path, caplog):
     assert ref["outputs"] is None
     assert any("augmentation is on" in s for s in lines)
     shared_mod._said.clear()  # the trials are other processes: they say it again, once
-    caplog.set_level(logging.WARNING, logger="kdtune.shared")
+    caplog.set_level(logging.WARNING, logger="kdtune.training.cache")
     ctx, _ = make_context(aug, resolve_params(aug), teacher, seed=0, shared=ref)
     assert ctx.teacher_view is None
     assert any("augmentation is on" in r.getMessage() for r in caplog.records)

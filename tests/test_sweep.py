@@ -24,7 +24,7 @@ from typer.testing import CliRunner
 from kdtune.spec import Spec, SpecError, parse_spec
 from kdtune.checks import load_spec
 from kdtune.params.walk import resolve_params
-from kdtune.tune.search import MainEpochOptunaSearch, make_sampler, make_searcher
+from kdtune.tune.search import MainEpochOptunaSearch, define_by_run, make_sampler, make_searcher
 from kdtune.params.walk import SweepSpace
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -37,7 +37,7 @@ TINY = {
     "data": {"name": "digits", "train_limit": 300, "val_fraction": 0.2},
     "teacher": {"model": "cnn4", "epochs": 2},
     "student": {"model": "cnn_small", "kwargs": {"width": 0.25}},
-    "resources": {"cpu": 1, "gpu": 0},
+    "method": "kd", "resources": {"cpu": 1, "gpu": 0},
 }
 
 
@@ -56,7 +56,7 @@ def write(tmp_path: Path, data: dict, fname: str = "spec.yaml") -> Path:
 
 def study_configs(spec: Spec, n: int, sampler=None) -> tuple[optuna.Study, list[dict]]:
     """Run the define-by-run function in a plain Optuna study (what OptunaSearch does)."""
-    fn = SweepSpace(spec).define_by_run()
+    fn = define_by_run(SweepSpace(spec))
     study = optuna.create_study(sampler=sampler or optuna.samplers.RandomSampler(seed=0))
     configs = []
     for _ in range(n):
@@ -275,7 +275,7 @@ def test_fractional_gpus_pack_four_trials_per_card(tmp_path, ray_local):
         import time as _t
         from pathlib import Path as _P
 
-        from kdtune.train.ops import NonFiniteLoss
+        from kdtune.training.ops import NonFiniteLoss
 
         d = _P(str(marks))
         if restore is None:  # first attempt: record when it ran

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kdtune.spec import SpecError, parse_spec
-from kdtune.train.teacher import ensure_teacher, load_teacher, teacher_key
+from kdtune.training.teacher import ensure_teacher, load_teacher, teacher_key
 
 
 def spec_for(tmp_path: Path, **teacher):

@@ -104,7 +104,7 @@ def test_accuracy(model, spec) -> tuple[float, int]:
     import torch
 
     from kdtune.data import TensorLoader
-    from kdtune.train.context import student_data
+    from kdtune.training.context import student_data
 
     data = student_data(spec)
     correct = n = 0
@@ -252,7 +252,7 @@ def test_served_model_answers_invocations(sweep, server, promoted, tmp_path):
     import torch
 
     from kdtune.data import TensorLoader
-    from kdtune.train.context import student_data
+    from kdtune.training.context import student_data
 
     spec, _ = sweep
     data = student_data(spec)

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from kdtune.cli.common import SetOpt, console, guarded, params_text, say
+from kdtune.cli.common import SetOpt, console, fail, guarded, params_text, say
 
 sweep_app = typer.Typer(help="Hyperparameter sweeps on Ray Tune (local, or a cluster via RAY_ADDRESS).",
                         no_args_is_help=True)
@@ -40,7 +40,12 @@ def run(spec: Path = typer.Argument(..., help="Spec YAML (see examples/)."),
         for p in plan.first:
             say(f"evaluated first (paper defaults): {params_text(p)}")
         return
-    result = api.sweep(s, resume=resume, log=say)
+    from kdtune.tune.guard import SweepFailing  # lazy: as above
+
+    try:
+        result = api.sweep(s, resume=resume, log=say)
+    except SweepFailing as e:
+        fail(str(e), code=1)
     console.print(_top_table(result))
     for t in result.errors:  # one line per trial (grep-able)
         say(f"failed {t.name}: {t.error or ''} ({t.path}/error.txt)")
@@ -82,3 +87,12 @@ def _top_table(result) -> Table:
         table.add_row(str(i), t.name, value, f"{t.epochs}/{s.epochs}", t.status,
                       params_text(display_params(s, t.config)))
     return table
+
+
+@sweep_app.command("cleanup")
+def cleanup() -> None:
+    """End the Ray processes left behind by kdtune drivers that were killed (only those)."""
+    from kdtune.tune import session  # lazy: as above
+
+    n = session.cleanup(log=say)
+    say(f"{n} process(es) ended" if n else "nothing to clean up")

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from kdtune.spec import Spec, SpecError, format_error
-from kdtune.train.context import Batch
+from kdtune.training.context import Batch
 from kdtune.methods._base import Method, MethodParams, NoParams, Stage
 from kdtune.methods._compose import Composite
 from kdtune.registry import METHODS

@@ -1,6 +1,6 @@
 """The Method contract: one subclass per distillation method, registered by name.
 
-A method is data plus hooks; the engine (``kdtune/train/engine.py``) owns the loop, the optimiser,
+A method is data plus hooks; the engine (``kdtune/training/engine.py``) owns the loop, the optimiser,
 the single cross-entropy term ``ce`` and all reporting. A method says:
 
 - ``name`` and ``Params`` (a pydantic model; its fields are exactly its search-space YAML's
@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import Tensor, nn
 
 from kdtune.spec.schema import Spec
-from kdtune.train.context import Batch, TrialContext
+from kdtune.training.context import Batch, TrialContext
 
 
 class NoParams(BaseModel):
@@ -63,6 +63,10 @@ class Method:
     # the teacher's logits are restricted to the student's classes), "any", or "superset" (S→G).
     class_relation: ClassVar[str] = "subset"
     uses_teacher: ClassVar[bool] = True  # False: no teacher is trained or loaded (scratch)
+    # Names (fnmatch patterns) of the terms it reports per main epoch besides the engine's
+    # metrics and `loss`/`ce`: what a spec's `metric` may name (checked before a sweep starts;
+    # the contract test checks that a trial reports nothing undeclared).
+    terms: ClassVar[tuple[str, ...]] = ()
     trains: ClassVar[bool] = True  # False: evaluated as built, no main-stage training
 
     def check(self, spec: Spec) -> None:

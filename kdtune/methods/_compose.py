@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdtune.train.context import Batch
+from kdtune.training.context import Batch
 from kdtune.methods._base import Method, Stage
 
 
@@ -30,6 +30,7 @@ class Composite(Method):
         self.members = members
         self._ce = ce_weight
         self.teacher_needs = tuple(sorted({t for _, _, m in members for t in m.teacher_needs}))
+        self.terms = tuple(f"{n}/{t}" for n, _, m in members for t in ("loss", "ce", *m.terms))
         self.student_needs = tuple(sorted({t for _, _, m in members for t in m.student_needs}))
         rel = {m.class_relation for _, _, m in members} - {"any"}
         self.class_relation = rel.pop() if len(rel) == 1 else ("any" if not rel else "subset")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdtune.params.walk import CommonParams
-from kdtune.train.context import Batch, TrialContext
+from kdtune.training.context import Batch, TrialContext
 
 
 @torch.no_grad()

@@ -45,6 +45,7 @@ def at_loss(s_maps: list[Tensor], t_maps: list[Tensor], beta: float) -> Tensor:
 
 @METHODS.register("at")
 class AT(Method):
+    terms = ("attention",)
     name = "at"
     Params = ATParams
     teacher_needs = ("groups",)

@@ -24,8 +24,8 @@ from torch import nn
 
 from kdtune.methods._base import Method, MethodParams
 from kdtune.registry import METHODS
-from kdtune.train.ops import make_optimizer
-from kdtune.train.ops import default_step
+from kdtune.training.ops import make_optimizer
+from kdtune.training.ops import default_step
 
 
 def new_head_copy(teacher: nn.Module, num_classes: int) -> nn.Module:

@@ -22,7 +22,7 @@ from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods._features import (
     accumulate, adapter, channels, mean_terms, probe, resize, sgd, size, stage_batches)
 from kdtune.registry import METHODS
-from kdtune.train.context import autocast, taps
+from kdtune.training.context import autocast, taps
 
 
 class FitNetParams(MethodParams):
@@ -37,6 +37,7 @@ def middle(n: int) -> int:
 
 @METHODS.register("fitnet")
 class FitNet(Method):
+    terms = ("hint",)
     name = "fitnet"
     Params = FitNetParams
     teacher_needs = ("groups",)

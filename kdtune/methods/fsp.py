@@ -32,7 +32,7 @@ from kdtune.methods._features import (
     accumulate, adapter, channels, mean_terms, pair_from_last, probe, resize, sgd, size,
     stage_batches)
 from kdtune.registry import METHODS
-from kdtune.train.context import autocast, taps
+from kdtune.training.context import autocast, taps
 
 
 class FSPParams(MethodParams):

@@ -37,7 +37,7 @@ from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods._features import (
     accumulate, channels, freeze, mean_terms, pair_from_last, conv_groups, resize, sgd, size, stage_batches)
 from kdtune.registry import METHODS
-from kdtune.train.context import autocast
+from kdtune.training.context import autocast
 
 PARAPHRASER_LR = 0.1  # the paper's ImageNet autoencoder rate (§4.3), set for a short stage like ours
 
@@ -87,6 +87,7 @@ def factor_loss(f_s: Tensor, f_t: Tensor, p: int = 1) -> Tensor:
 
 @METHODS.register("ft")
 class FT(Method):
+    terms = ("factor",)
     name = "ft"
     Params = FTParams
     teacher_needs = ("groups",)

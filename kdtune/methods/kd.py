@@ -72,6 +72,7 @@ class KDParams(MethodParams):
 
 @METHODS.register("kd")
 class KD(Method):
+    terms = ("soft",)
     name = "kd"
     Params = KDParams
     teacher_needs = ("logits",)

@@ -65,10 +65,10 @@ from kdtune.methods._features import (
     adapter, block_forward, channels, pair_by_depth, resize, sgd, size)
 from kdtune.registry import METHODS
 from kdtune.models import create_model
-from kdtune.train.checkpoint import read_meta
+from kdtune.training.checkpoint import read_meta
 from kdtune.params.space import method_space
-from kdtune.train.ops import make_optimizer
-from kdtune.train.context import autocast
+from kdtune.training.ops import make_optimizer
+from kdtune.training.context import autocast
 
 EPS_MOMENTUM = 0.1  # ε's step toward the batch's mean |g|
 AGG_WEIGHT_DECAY = 1e-5  # §4.3
@@ -131,6 +131,7 @@ def teacher_blocks(spec) -> int | None:
 
 @METHODS.register("kr")
 class KR(Method):
+    terms = ("match", "eps", "kept", "agg_posterior", "agg_transport")
     name = "kr"
     Params = KRParams
     teacher_needs = ()  # train_step runs the teacher block by block itself

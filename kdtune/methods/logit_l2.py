@@ -26,6 +26,7 @@ class LogitL2Params(MethodParams):
 
 @METHODS.register("logit_l2")
 class LogitL2(Method):
+    terms = ("l2",)
     name = "logit_l2"
     Params = LogitL2Params
     teacher_needs = ("logits",)

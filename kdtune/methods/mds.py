@@ -79,6 +79,7 @@ class MDSParams(MethodParams):
 
 @METHODS.register("mds")
 class MDS(Method):
+    terms = ("mds",)
     name = "mds"
     Params = MDSParams
     teacher_needs = ("penultimate",)

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from kdtune.methods._base import Method, MethodParams, Stage
 from kdtune.methods.finetune import head_body_groups, new_head_copy
 from kdtune.registry import METHODS
-from kdtune.train.ops import default_step, make_optimizer
-from kdtune.train.ops import run_epoch as engine_epoch
+from kdtune.training.ops import default_step, make_optimizer
+from kdtune.training.ops import run_epoch as engine_epoch
 
 
 def prunable(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -70,6 +70,7 @@ class PruneParams(MethodParams):
 
 @METHODS.register("prune")
 class Prune(Method):
+    terms = ("sparsity",)
     name = "prune"
     Params = PruneParams
     teacher_needs = ()

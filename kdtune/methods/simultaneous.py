@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from kdtune.methods._base import Method, MethodParams
 from kdtune.methods.pretrained import restricted_copy
 from kdtune.registry import METHODS
-from kdtune.train.ops import make_optimizer
-from kdtune.train.context import autocast, taps
-from kdtune.train.ops import evaluate
+from kdtune.training.ops import make_optimizer
+from kdtune.training.context import autocast, taps
+from kdtune.training.ops import evaluate
 
 
 def pair_groups(n_student: int, n_teacher: int) -> list[int]:
@@ -71,6 +71,7 @@ class SimultaneousParams(MethodParams):
 
 @METHODS.register("simultaneous")
 class Simultaneous(Method):
+    terms = ("match/*", "teacher_ce", "teacher_val_acc")
     name = "simultaneous"
     Params = SimultaneousParams
     teacher_needs = ()  # the *cached* teacher is not run per batch; its copy is, in train_step

@@ -73,6 +73,7 @@ class TrustRegionParams(MethodParams):
 
 @METHODS.register("trust_region")
 class TrustRegion(Method):
+    terms = ("kl", "eps")
     name = "trust_region"
     Params = TrustRegionParams
     teacher_needs = ("logits",)

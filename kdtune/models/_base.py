@@ -15,6 +15,8 @@ work per layer (Knowledge Representing aggregates every c of them).
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -66,10 +68,35 @@ class TappedModel(nn.Module):
         return self.fc.out_features
 
 
+class ModelArgumentError(TypeError):
+    """A keyword argument the model's factory does not take; ``arg`` names it."""
+
+    def __init__(self, arg: str, message: str) -> None:
+        super().__init__(message)
+        self.arg = arg
+
+
+def check_kwargs(name: str, factory: object, kwargs: dict[str, object]) -> None:
+    """Unknown keyword arguments → ModelArgumentError with the closest known name."""
+    params = inspect.signature(factory).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k in params if k not in ("num_classes", "in_channels", "input_size")]
+    for arg in kwargs:
+        if arg not in known:
+            close = difflib.get_close_matches(arg, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (it takes {', '.join(known) or 'none'})"
+            raise ModelArgumentError(arg, f"{name} has no argument {arg!r}{hint}")
+
+
 def create_model(name: str, num_classes: int, in_channels: int, input_size: int,
                  **kwargs: object) -> TappedModel:
-    """The only way code builds a model (timm's ``create_model``): registry name + shape."""
+    """The only way code builds a model (timm's ``create_model``): registry name + shape.
+
+    Raises ModelArgumentError for an unknown keyword argument and ValueError (naming the
+    argument and its allowed range) for a value the factory refuses."""
     factory = MODELS.get(name)
+    check_kwargs(name, factory, kwargs)
     model = factory(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
                     **kwargs)
     if not isinstance(model, TappedModel):
@@ -96,6 +123,10 @@ def scaled(channels: int, width: float) -> int:
 
     Rounding is monotone, so a larger ``width`` never gives fewer units (``widen`` relies on it).
     """
+    if not isinstance(width, (int, float)) or isinstance(width, bool) or not width > 0:
+        raise ValueError(f"width must be a number > 0 (got {width!r})")
+    if not isinstance(channels, int) or isinstance(channels, bool) or channels < 1:
+        raise ValueError(f"channel counts must be whole numbers >= 1 (got {channels!r})")
     return max(1, int(channels * width + 0.5))
 
 

@@ -33,7 +33,7 @@ class MLP(TappedModel):
     def __init__(self, num_classes: int, in_features: int, hidden: Sequence[int]) -> None:
         super().__init__()
         if not hidden:
-            raise ValueError("mlp needs at least one hidden layer (hidden=(...) is empty)")
+            raise ValueError("hidden must list at least one layer size, e.g. [256, 128]")
         self.stem = nn.Flatten()  # (C, H, W) flattened channel-major: extra channels append
         sizes = [in_features, *hidden]
         self.groups = nn.ModuleList(LinearAct(a, b) for a, b in zip(sizes, sizes[1:]))
@@ -47,6 +47,8 @@ class PlainCNN(TappedModel):
     def __init__(self, num_classes: int, in_channels: int, input_size: int,
                  channels: Sequence[int]) -> None:
         super().__init__()
+        if not channels:
+            raise ValueError("channels must list at least one layer, e.g. [32, 64]")
         self.stem = nn.Identity()  # the first conv layer is group 0
         layers, size, cin = [], input_size, in_channels
         for i, cout in enumerate(channels):

@@ -69,8 +69,8 @@ class ResNet(TappedModel):
 def cifar_resnet(num_classes: int, in_channels: int, input_size: int, depth: int,
                  width: float = 1.0) -> ResNet:
     """CIFAR ResNet-``depth`` (depth = 6n + 2), channels 16/32/64 × ``width``."""
-    if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
+    if not isinstance(depth, int) or depth < 8 or (depth - 2) % 6:
+        raise ValueError(f"depth must be 6n + 2 with n >= 1 (8, 14, 20, ...), got {depth!r}")
     n = (depth - 2) // 6
     c0 = scaled(16, width)
     stem = nn.Sequential(conv3x3(in_channels, c0), nn.BatchNorm2d(c0), nn.ReLU())
@@ -120,8 +120,10 @@ class WideResNet(TappedModel):
     def __init__(self, num_classes: int, in_channels: int, input_size: int, depth: int,
                  widen_factor: float, width: float) -> None:
         super().__init__()
-        if depth < 10 or (depth - 4) % 6:
-            raise ValueError(f"WRN depth must be 6n + 4 with n >= 1, got {depth}")
+        if not isinstance(depth, int) or depth < 10 or (depth - 4) % 6:
+            raise ValueError(f"depth must be 6n + 4 with n >= 1 (10, 16, 22, ...), got {depth!r}")
+        if not widen_factor > 0:
+            raise ValueError(f"widen_factor must be > 0 (got {widen_factor!r})")
         n = (depth - 4) // 6
         c0 = scaled(16, width)
         self.stem = nn.Conv2d(in_channels, c0, 3, padding=1, bias=False)

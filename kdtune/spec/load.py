@@ -92,16 +92,18 @@ def parse_spec(data: dict[str, Any]) -> Spec:
     return spec
 
 
-REQUIRED = ("data", "teacher", "student", "method")
+REQUIRED = ("data", "teacher", "student", "method")  # `teacher` only where a method uses one
 
 
-def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+def read_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = (),
+              teacher_free: bool = False) -> Spec:
     """A spec file (with ``--set`` overrides) validated against the schema only: no registry
     checks (``kdtune.checks.load_spec`` adds those). A spec file must name its ``data``,
-    ``teacher``, ``student`` and ``method``; every other field has a documented default."""
+    ``teacher``, ``student`` and ``method`` (``teacher_free``: its methods never use a teacher,
+    so ``teacher`` may be left out); every other field has a documented default."""
     raw = read_yaml(path)
     data = apply_overrides(raw, list(overrides))
-    missing = [k for k in REQUIRED if k not in data]
+    missing = [k for k in REQUIRED if k not in data and not (k == "teacher" and teacher_free)]
     if missing:
         what = "is empty" if not raw else f"lacks {', '.join(missing)}"
         raise SpecError(f"{missing[0]}: spec file {str(path)!r} {what}; a spec names data, "

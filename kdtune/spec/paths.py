@@ -41,7 +41,7 @@ def experiment_path(spec: Spec) -> str:
 
 
 def cache_dir(spec: Spec) -> Path:
-    """Per-node files trials memory-map (data views, teacher outputs; kdtune/train/cache.py):
+    """Per-node files trials memory-map (data views, teacher outputs; kdtune/training/cache.py):
     <storage>/cache, or $KDTUNE_CACHE / ~/.cache/kdtune/shared when storage is a URI."""
     if not is_uri(spec.storage):
         return Path(spec.storage) / "cache"
@@ -81,6 +81,13 @@ def artifact_root(spec: Spec) -> str:
 def artifacts_beside(sqlite_uri: str) -> str:
     """The artifact folder kdtune uses beside a sqlite store (``kdtune ui`` serves it)."""
     return str(Path(sqlite_uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+
+
+def ray_sessions_dir() -> Path:
+    """Records of the local Ray processes each running driver started (kdtune/tune/session.py):
+    $KDTUNE_RAY_SESSIONS, else ~/.cache/kdtune/ray-sessions."""
+    env = os.environ.get("KDTUNE_RAY_SESSIONS")
+    return Path(env) if env else Path.home() / ".cache" / "kdtune" / "ray-sessions"
 
 
 def spaces_dir() -> Path:

@@ -67,7 +67,8 @@ def spec_markdown() -> str:
             ann = field.annotation
             nested = isinstance(ann, type) and issubclass(ann, BaseModel)
             typ = "mapping (below)" if nested else _type(ann)
-            req = " (required in a file)" if not prefix and name in REQUIRED else ""
+            req = (" (required in a file)" if name != "teacher" else " (required in a file when a "
+                   "method uses a teacher)") if not prefix and name in REQUIRED else ""
             desc = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{prefix}{name}` | {typ} | {_default(field)}{req} | {desc} |")
         lines.append("")

@@ -28,7 +28,7 @@ Modules (each imports the others by submodule, never through this package):
 - ``ui``: the ``kdtune ui`` server command.
 
 Promoting a trial to a registered model needs the trainer's checkpoint loader, so it lives
-above this package, in ``kdtune.promote``.
+above this package, in ``kdtune.promotion``.
 """
 
 from kdtune.tracking.client import client, ensure_experiment, git_commit, is_remote, resolve_uri

@@ -1,7 +1,8 @@
 """Every use of Ray's internals in kdtune, in one place, checked against the Ray it runs on.
 
-Internals are names Ray does not document as public: underscore names, ``ray._private``, and
-Tune's internal ``Trial`` objects' attributes (``storage``, ``error_file``, ``experiment_tag``).
+Internals are names Ray does not document as public: underscore names, ``ray._private``,
+Tune's internal ``Trial`` objects' attributes (``storage``, ``error_file``, ``experiment_tag``),
+the controller's state saving and ASHA's rungs.
 kdtune needs a few of them (see each function for why). ``missing()`` lists those this Ray
 lacks; ``tests/test_ray_compat.py`` fails with that list when a Ray upgrade moves one.
 """
@@ -18,7 +19,10 @@ from typing import Any, Iterator
 import ray
 from ray._private import ray_constants
 from ray.tune import Tuner
+from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
+from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
+from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
 
 TESTED = "2.60"  # the Ray release these internals were read from
 
@@ -34,6 +38,14 @@ def missing() -> list[str]:
         "Trial.storage": "storage" in Trial.__init__.__code__.co_varnames,
         "Trial.error_file": hasattr(Trial, "error_file"),
         "Trial.experiment_tag": "experiment_tag" in Trial.__init__.__code__.co_varnames,
+        "TuneController._checkpoint_manager":
+            "_checkpoint_manager" in TuneController.__init__.__code__.co_names,
+        "_ExperimentCheckpointManager._should_force_sync_up":
+            "_should_force_sync_up" in _ExperimentCheckpointManager.__init__.__code__.co_names,
+        "AsyncHyperBandScheduler._trial_info / _brackets":
+            {"_trial_info", "_brackets"} <= set(AsyncHyperBandScheduler.__init__.__code__.co_names),
+        "_Bracket._rungs / on_result": "_rungs" in _Bracket.__init__.__code__.co_names
+            and hasattr(_Bracket, "on_result"),
     }
     return [name for name, ok in want.items() if not ok]
 
@@ -75,11 +87,13 @@ def init_local_loopback(**kwargs: Any) -> None:
         ray.init(address="local", _node_ip_address="127.0.0.1", **kwargs)
 
 
-def replace_callbacks(tuner: Tuner, callbacks: list) -> None:
-    """A restored Tuner carries the callbacks pickled with the experiment; Ray has no public way
-    to give ``Tuner.restore`` new ones, and this process's own (MLflow writer, progress) must
-    replace them."""
-    tuner._local_tuner.get_run_config().callbacks = callbacks
+def replace_callbacks(tuner: Tuner, callbacks: list, stop: Any = None) -> None:
+    """A restored Tuner carries the callbacks (and stopper) pickled with the experiment; Ray has
+    no public way to give ``Tuner.restore`` new ones, and this process's own (MLflow writer,
+    progress, the failure guard) must replace them."""
+    config = tuner._local_tuner.get_run_config()
+    config.callbacks = callbacks
+    config.stop = stop
 
 
 def trial_number(trial: Trial) -> int | None:
@@ -121,3 +135,27 @@ def trial_folder(trial: Trial) -> Path | None:
     except Exception:  # noqa: BLE001
         pass
     return None
+
+
+def force_state_save(tune_controller: Any) -> None:
+    """Make the controller save the experiment state at the end of this step.
+
+    Tune saves it on a timer (``TUNE_GLOBAL_CHECKPOINT_S``, "auto": at most every ~10 s), so a
+    driver killed between a trial's end and the next save forgets that the trial ended, and
+    ``--resume`` runs it again. kdtune's schedulers call this when a trial is added, ends, is
+    stopped or fails: the flag Tune itself sets every ``num_to_keep`` trial checkpoints."""
+    # schedulers get a TrialRunnerWrapper that warns on non-whitelisted attributes: unwrap it
+    controller = vars(tune_controller).get("_tune_controller", tune_controller)
+    controller._checkpoint_manager._should_force_sync_up = True
+
+
+def asha_record(scheduler: Any, trial: Trial, time: float, reward: float) -> None:
+    """Record a past result in ASHA's rungs (``_Bracket.on_result``), as if it had just
+    arrived; the decision it returns is ignored (it was taken before the restart)."""
+    bracket = scheduler._trial_info[trial.trial_id]
+    bracket.on_result(trial, time, reward)
+
+
+def asha_rungs(scheduler: Any) -> list[tuple[float, dict[str, float]]]:
+    """ASHA's rungs: (milestone, {trial id: recorded reward}) per rung, highest first."""
+    return [(m, dict(rec)) for b in scheduler._brackets for m, rec in b._rungs]

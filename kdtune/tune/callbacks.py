@@ -38,10 +38,11 @@ from kdtune.spec.load import dump_spec, masked
 from kdtune.spec.paths import CHECKPOINT
 from kdtune.spec.schema import Spec
 from kdtune.tracking.writer import SweepWriter
-from kdtune.train.teacher import ensure_teacher, needs_teacher
-from kdtune.tune._ray_compat import result_rows, trial_error_path
+from kdtune.training.teacher import ensure_teacher, needs_teacher
+from kdtune.tune._ray_compat import result_rows, trial_error_path, trial_folder
 from kdtune.tune.naming import trial_seed
 from kdtune.tune.run import best_spec, trial_name
+from kdtune.tune.trainable import FATAL_KEY
 
 # Keys Ray adds to every result: bookkeeping, not the trial's measurements.
 RAY_KEYS = frozenset({
@@ -112,6 +113,7 @@ class MLflowCallback(Callback):
         self._teacher_path: str | None = None
         self._closed = False
         self._settled = False  # restored trials reconciled (once per driver)
+        self._fatal = False  # a trial hit the spec's own error: the sweep ends FAILED
 
     # ---- the experiment
     def setup(self, **info) -> None:
@@ -145,7 +147,7 @@ class MLflowCallback(Callback):
         for t in unfinished:
             if t.trial_id in self.writer.started:
                 self.writer.trial_end(t.trial_id, "KILLED")
-        self.close("KILLED" if unfinished else "FINISHED")
+        self.close("FAILED" if self._fatal else "KILLED" if unfinished else "FINISHED")
 
     def close(self, status: str = "FINISHED") -> str | None:
         """End the parent run, flush, and say what was sent (and what was not)."""
@@ -234,6 +236,13 @@ class MLflowCallback(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
+        if FATAL_KEY in last:  # the spec's own error (not retried): the trial failed
+            folder = trial_folder(trial)
+            if folder is not None and (folder / "error.txt").is_file():
+                self.writer.trial_text(trial.trial_id, (folder / "error.txt").read_text(), "error.txt")
+            self.writer.trial_end(trial.trial_id, "FAILED", reason=str(last[FATAL_KEY]))
+            self._fatal = True
+            return
         epoch = last.get("epoch")
         tags = {"kdtune.last_epoch": epoch}
         if isinstance(epoch, (int, float)) and epoch < self.spec.epochs:

@@ -17,7 +17,7 @@ from ray import tune
 from kdtune.params.walk import Row, SweepSpace
 from kdtune.spec.paths import TEACHER_FILE, experiment_path, teachers_dir
 from kdtune.spec.schema import Spec, SpecError
-from kdtune.train.teacher import needs_teacher, teacher_key
+from kdtune.training.teacher import needs_teacher, teacher_key
 from kdtune.tune.search import make_sampler
 
 

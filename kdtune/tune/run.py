@@ -15,28 +15,30 @@ from typing import Any, Callable, Sequence
 import pyarrow.fs
 import ray
 from ray import tune
-from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter
 
 from kdtune.params.walk import METHOD_KEY, unprefixed
 from kdtune.spec.load import dump_spec
 from kdtune.spec.paths import BEST_FILE, SPEC_FILE, experiment_path, is_uri
 from kdtune.spec.schema import Spec, SpecError
-from kdtune.train.cache import prepare_shared
-from kdtune.train.teacher import ensure_teacher, needs_teacher
+from kdtune.training.cache import prepare_shared
+from kdtune.training.teacher import ensure_teacher, needs_teacher
 from kdtune.tune._ray_compat import init_local_loopback, replace_callbacks
 from kdtune.tune._ray_compat import trial_number as ray_trial_number
+from kdtune.tune import session
+from kdtune.tune.guard import Guard, SweepFailing
 from kdtune.tune.naming import make_name, trial_seed
 from kdtune.tune.plan import can_restore, concurrency, plan_sweep
 from kdtune.tune.progress import Progress
 from kdtune.tune.results import best_yaml_text, finite, ranked
+from kdtune.tune.schedule import make_scheduler
 from kdtune.tune.search import make_searcher
 from kdtune.tune.trainable import make_trainable
 
 Log = Callable[[str], None]
 
 
-def init_ray() -> None:
+def init_ray(log: Log = print) -> None:
     """A new local Ray unless RAY_ADDRESS names a cluster; nothing if already initialised.
 
     A new local Ray listens on 127.0.0.1 only (its GCS, raylet, workers, agents; the dashboard
@@ -49,7 +51,9 @@ def init_ray() -> None:
     if address:
         ray.init(address=address, logging_level="WARNING")
         return
+    session.cleanup(log=log)  # Ray processes of an earlier driver killed with SIGKILL
     init_local_loopback(logging_level="WARNING")
+    session.record()
 
 
 def trial_name(trial) -> str:
@@ -62,16 +66,7 @@ def trial_dirname(trial) -> str:
     return f"{trial_name(trial)}_{trial.trial_id}"  # the id keeps folders unique on resume
 
 
-def make_scheduler(spec: Spec):
-    if spec.scheduler.type == "none":
-        return FIFOScheduler()
-    # time_attr "epoch": only main epochs carry it, so stage reports never advance ASHA
-    return AsyncHyperBandScheduler(time_attr="epoch", max_t=spec.epochs,
-                                   grace_period=min(spec.scheduler.grace_period, spec.epochs),
-                                   reduction_factor=spec.scheduler.reduction_factor)
-
-
-def build_tuner(spec: Spec, trainable, callbacks: Sequence[Any] = ()):
+def build_tuner(spec: Spec, trainable, callbacks: Sequence[Any] = (), stop: Any = None):
     """The Tuner for a spec and a trainable from ``make_trainable`` (resources attached)."""
 
     # Stage reports carry no metric by design; Tune's strict check would reject them.
@@ -96,7 +91,7 @@ def build_tuner(spec: Spec, trainable, callbacks: Sequence[Any] = ()):
             name=spec.name, storage_path=spec.storage if is_uri(spec.storage) else str(Path(spec.storage)),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=2),  # the last two epochs
             failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-            callbacks=list(callbacks), verbose=0))  # Progress prints instead
+            callbacks=list(callbacks), stop=stop, verbose=0))  # Progress prints instead
 
 
 def last_metric(result, metric: str) -> float | None:
@@ -128,6 +123,14 @@ def best_spec(spec: Spec, config: dict[str, Any], seed: int, teacher_path: str |
     if teacher_path and not spec.teacher.checkpoint:
         data["teacher"]["checkpoint"] = teacher_path  # not retrained: the seed is the trial's
     return Spec.model_validate(data)
+
+
+def started(path: str) -> bool:
+    """A sweep was started at ``path`` (its spec.yaml is there), Tune's experiment or not."""
+    if is_uri(path):
+        fs, p = pyarrow.fs.FileSystem.from_uri(f"{path}/{SPEC_FILE}")
+        return fs.get_file_info(p).type != pyarrow.fs.FileType.NotFound
+    return Path(path, SPEC_FILE).is_file()
 
 
 def write_text(path: str, text: str) -> str:
@@ -202,31 +205,43 @@ def summarize(grid, spec: Spec, teacher_path: str | None, log: Log = print) -> S
 def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
               log: Log = print) -> SweepResult:
     """Run (or with ``resume`` continue) the sweep a spec describes; writes best.yaml."""
-
     path = experiment_path(spec)
     exists = can_restore(path)
     if resume and not exists:
-        raise SpecError(f"--resume: no sweep to resume at {path} (run it without --resume)")
+        if not started(path):
+            raise SpecError(f"--resume: no sweep to resume at {path} (run it without --resume)")
+        # killed before its first trial (e.g. while training the teacher): start the trials
+        log(f"resuming {path}: no trial had started yet")
+        resume = False
     if not resume and exists:
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; --resume continues "
                         f"it, --set name=<new> starts another")
     plan = plan_sweep(spec)  # SpecError before Ray starts
     if not resume:
         write_text(f"{path}/{SPEC_FILE}", dump_spec(spec))
-    init_ray()
+    init_ray(log)
     teacher = ensure_teacher(spec, log=log) if needs_teacher(spec) else None
     # once per sweep: the data view and teacher outputs every trial on this node memory-maps
     shared = prepare_shared(spec, teacher, log=log)
     trainable = make_trainable(spec, teacher, shared=shared)
-    cbs = [Progress(spec.metric, spec.mode, spec.epochs), *callbacks]
+    guard = Guard(spec.max_consecutive_failures)
+    cbs = [Progress(spec.metric, spec.mode, spec.epochs), guard, session.Recorder(), *callbacks]
     if resume:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         # the callbacks pickled with the experiment are this process's to replace
-        replace_callbacks(tuner, cbs)
+        replace_callbacks(tuner, cbs, stop=guard)
         log(f"resuming {path}")
     else:
-        tuner = build_tuner(spec, trainable, cbs)
+        tuner = build_tuner(spec, trainable, cbs, stop=guard)
         for line in plan.lines()[:3]:
             log(line)
     grid = tuner.fit()
-    return summarize(grid, spec, str(teacher.path) if teacher is not None else None, log)
+    if guard.fatal is not None:  # the spec's own error: every trial would have hit it
+        trial, error = guard.fatal
+        raise SpecError(f"{error} (trial {trial}; not retried, the sweep stopped: fix the spec, "
+                        f"then run it again with --resume or a new name)")
+    result = summarize(grid, spec, str(teacher.path) if teacher is not None else None, log)
+    if guard.stop_all():
+        raise SweepFailing(f"the sweep stopped after {len(guard.streak)} trials failed in a row "
+                           f"(max_consecutive_failures); commonest error: {guard.commonest()}")
+    return result

@@ -28,6 +28,11 @@ class _DefineByRun:
         return self.space.walk(lambda name, p: suggest(trial, name, p))
 
 
+def define_by_run(space: SweepSpace) -> _DefineByRun:
+    """``fn(trial)`` for ``OptunaSearch(space=fn)``: suggests, returns the whole config."""
+    return _DefineByRun(space)
+
+
 def suggest(trial: Any, name: str, p: ParamSpace) -> Any:
     """One Optuna suggestion for a parameter's range."""
     if p.type == "categorical":
@@ -69,7 +74,7 @@ def make_searcher(spec: Spec, space: SweepSpace | None = None):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = space or SweepSpace(spec)
     return MainEpochOptunaSearch(
-        space=_DefineByRun(space), metric=spec.metric, mode=spec.mode,
+        space=define_by_run(space), metric=spec.metric, mode=spec.mode,
         sampler=make_sampler(spec), points_to_evaluate=space.default_points() or None)
 
 

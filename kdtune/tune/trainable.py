@@ -18,7 +18,9 @@ for a method list the spec's name), so Tune names trials ``kd_...``. Each trial:
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
+import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,20 +30,23 @@ from ray import tune
 from kdtune.limits import memory_limit
 from kdtune.spec.paths import CHECKPOINT
 from kdtune.spec.schema import Spec, SpecError
-from kdtune.train.checkpoint import load_state, save_state
-from kdtune.train.teacher import TeacherArtifact
-from kdtune.train.trial import run_trial
+from kdtune.training.checkpoint import load_state, save_state
+from kdtune.training.ops import NonFiniteLoss
+from kdtune.training.teacher import TeacherArtifact
+from kdtune.training.trial import run_trial
 from kdtune.tune.naming import trainable_name, trial_seed
 
 RunTrial = Callable[..., dict[str, float]]
+FATAL_KEY = "kdtune_fatal"  # a trial's last result when the spec itself failed (not retried)
+SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|mat1 and mat2")
 
 
 def make_trainable(spec: Spec, teacher: TeacherArtifact | None, run: RunTrial = run_trial,
                    shared: dict[str, Any] | None = None):
     """The Tune trainable for a spec, with its per-trial resources attached.
 
-    ``run`` is ``kdtune.train.trial.run_trial``; tests pass a stand-in with the same signature.
-    ``shared``: the files the driver prepared (``kdtune.train.cache.prepare_shared``), by path.
+    ``run`` is ``kdtune.training.trial.run_trial``; tests pass a stand-in with the same signature.
+    ``shared``: the files the driver prepared (``kdtune.training.cache.prepare_shared``), by path.
     """
     name = trainable_name(spec)
 
@@ -78,9 +83,12 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
             restore = load_state(Path(d) / CHECKPOINT)
 
     checked: list[bool] = []
+    staged: list[bool] = []
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None, *,
                stage: bool = False) -> None:
+        if stage:
+            staged.append(True)
         if not stage and not checked:
             if spec.metric not in metrics:
                 raise SpecError(f"metric: {spec.metric!r} is never reported; the trial reports "
@@ -99,6 +107,36 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
     # `auto` is the GPU Ray assigned: it sets CUDA_VISIBLE_DEVICES, so it is cuda:0 here.
     device = "auto" if spec.device.startswith("cuda") else spec.device
 
-    with memory_limit(spec.resources.memory_gb):  # restored after: the worker is reused
-        extra = {"shared": shared_ref} if shared_ref else {}  # memory-mapped data, teacher outputs
-        run(spec, dict(config), teacher, report, seed=seed, restore=restore, device=device, **extra)
+    try:
+        with memory_limit(spec.resources.memory_gb):  # restored after: the worker is reused
+            extra = {"shared": shared_ref} if shared_ref else {}  # memory-mapped data, teacher outputs
+            run(spec, dict(config), teacher, report, seed=seed, restore=restore, device=device, **extra)
+    except Exception as e:  # noqa: BLE001 - classified, then re-raised or reported as fatal
+        if not spec_fault(e, started=bool(checked), staged=bool(staged) or restore is not None):
+            raise  # a crash: Tune retries it from its checkpoint (max_failures)
+        # The spec's own error: every trial would hit it, so it is not retried. The trial ends
+        # with a FATAL_KEY result that stops the sweep (tune/guard.py) and its error.txt.
+        text = traceback.format_exc()
+        Path(ctx.get_trial_dir()).mkdir(parents=True, exist_ok=True)
+        (Path(ctx.get_trial_dir()) / "error.txt").write_text(text)
+        tune.report({FATAL_KEY: one_line(e)})
+
+
+def one_line(e: BaseException) -> str:
+    first = (str(e).strip().splitlines() or [""])[0]
+    return first if isinstance(e, SpecError) else f"{type(e).__name__}: {first}"
+
+
+def spec_fault(e: BaseException, *, started: bool, staged: bool) -> bool:
+    """Whether an error is a property of the spec, not of the run: a SpecError before the first
+    main epoch, or a bad argument / shape (TypeError, ValueError, a shape RuntimeError) before
+    anything was trained (building the model, the method, the first batch)."""
+    if started or isinstance(e, (MemoryError, torch.OutOfMemoryError, NonFiniteLoss)):
+        return False
+    if isinstance(e, SpecError):
+        return True
+    if staged:
+        return False
+    if isinstance(e, (TypeError, ValueError)):
+        return True
+    return isinstance(e, RuntimeError) and bool(SHAPE_ERROR.search(str(e)))

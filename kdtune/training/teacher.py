@@ -26,9 +26,9 @@ from kdtune.registry import METHODS
 from kdtune.spec.paths import TEACHER_FILE, TEACHER_META, teachers_dir
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.tracking.registry import download_registered_model
-from kdtune.train.checkpoint import load_student, read_meta, save_state
-from kdtune.train.context import TrialContext, pick_device
-from kdtune.train.engine import train
+from kdtune.training.checkpoint import load_student, read_meta, save_state
+from kdtune.training.context import TrialContext, pick_device
+from kdtune.training.engine import train
 
 
 @dataclass

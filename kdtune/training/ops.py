@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from kdtune.data import TensorLoader
 from kdtune.params.walk import CommonParams
-from kdtune.train.context import Batch, TrialContext, autocast, taps
+from kdtune.training.context import Batch, TrialContext, autocast, taps
 
 
 def make_optimizer(params: Any, common: CommonParams) -> torch.optim.Optimizer:

@@ -15,9 +15,12 @@ from torch import nn
 
 from kdtune.methods import Method
 from kdtune.models import count_params, create_model
-from kdtune.train.checkpoint import state_dict
-from kdtune.train.context import Report, TrialContext, seed_everything
-from kdtune.train.ops import default_step, evaluate, make_optimizer, make_schedule, run_epoch
+from kdtune.training.checkpoint import state_dict
+from kdtune.training.context import Report, TrialContext, seed_everything
+from kdtune.training.ops import default_step, evaluate, make_optimizer, make_schedule, run_epoch
+
+# What the engine reports every main epoch (a method's terms come on top: Method.terms).
+ENGINE_METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "epoch", "lr", "params_count")
 
 
 def build_student(ctx: TrialContext, method: Method) -> nn.Module:

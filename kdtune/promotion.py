@@ -23,8 +23,8 @@ from kdtune.tracking.client import client
 from kdtune.tracking.query import best_trials, run_checkpoint, run_spec
 from kdtune.tracking.schema import (CHECKPOINT_DIR, MODEL_NAME, PARENT_TAG, ROLE, SWEEP_TAG,
                                     TEACHER_RUN_TAG, TRIAL_ID_TAG, _str)
-from kdtune.train.checkpoint import load_student, refusal
-from kdtune.train.context import student_data
+from kdtune.training.checkpoint import load_student, refusal
+from kdtune.training.context import student_data
 
 
 def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
@@ -91,7 +91,9 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
             mv = mlflow.register_model(info.model_uri, name, tags=lineage)
         finally:
             mlflow.set_tracking_uri(prev[0])
-            mlflow.set_registry_uri(prev[1])
+            # a registry URI that only followed the tracking URI goes back to following it
+            # (setting it explicitly would pin later `models:/` loads to the old store)
+            mlflow.set_registry_uri(prev[1] if prev[1] != prev[0] else None)
     c.set_registered_model_alias(name, alias, mv.version)
     c.set_tag(rid, "kdtune.promoted", f"{name}/{mv.version}@{alias}")
     result = {"name": name, "version": mv.version, "alias": alias, "uri": f"models:/{name}@{alias}",

@@ -14,7 +14,7 @@
 Exactness: the outputs are computed by the live path's own code (``teacher_taps`` under
 ``autocast`` on the trials' device type, unrestricted) over the training rows in order.
 A row's teacher output does not depend on the batch it is in once a batch has ≥ 4 rows, and
-``teacher_taps`` never runs fewer than 8 (see ``MIN_TEACHER_ROWS`` in ``kdtune/train/context.py``), so the cache equals
+``teacher_taps`` never runs fewer than 8 (see ``MIN_TEACHER_ROWS`` in ``kdtune/training/context.py``), so the cache equals
 the live teacher on any trial's shuffled batches bit for bit. Each build checks that on a
 shuffled batch and a 3-row batch; a cache that fails is not used (the trials run the teacher).
 
@@ -42,15 +42,15 @@ from kdtune.data import DataSplits, TensorData, TensorLoader
 from kdtune.registry import METHODS
 from kdtune.spec.paths import cache_dir
 from kdtune.spec.schema import Spec
-from kdtune.train.context import autocast, restrict, student_data, teacher_taps
-from kdtune.train.teacher import load_teacher
+from kdtune.training.context import autocast, restrict, student_data, teacher_taps
+from kdtune.training.teacher import load_teacher
 
 CACHEABLE = frozenset({"logits", "penultimate"})  # teacher taps the cache can hold
 CACHE_BATCH = 256  # rows per teacher forward when building (any size ≥ MIN_TEACHER_ROWS is exact)
 SPLITS = ("train", "val", "test")
 FORMAT = 1  # bump when the files' layout changes
 
-logger = logging.getLogger("kdtune.train.cache")
+logger = logging.getLogger("kdtune.training.cache")
 _said: set[str] = set()
 
 

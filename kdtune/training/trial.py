@@ -10,17 +10,17 @@ from typing import Any
 from kdtune.methods import build_method
 from kdtune.params.walk import split_config
 from kdtune.spec.schema import Spec, SpecError
-from kdtune.train.cache import trial_data, use_teacher_outputs
-from kdtune.train.context import Report, TrialContext, pick_device, student_data
-from kdtune.train.engine import train
-from kdtune.train.teacher import TeacherArtifact, class_index, load_teacher
+from kdtune.training.cache import trial_data, use_teacher_outputs
+from kdtune.training.context import Report, TrialContext, pick_device, student_data
+from kdtune.training.engine import train
+from kdtune.training.teacher import TeacherArtifact, class_index, load_teacher
 
 
 def make_context(spec: Spec, config: dict[str, Any], teacher: TeacherArtifact | None, *,
                  seed: int, device: str | None = None, shared: dict[str, Any] | None = None):
     """(context, method) for one run; raises SpecError for a class relation the method refuses.
 
-    ``shared``: what the sweep's driver prepared (``kdtune.train.cache.prepare_shared``): the data
+    ``shared``: what the sweep's driver prepared (``kdtune.training.cache.prepare_shared``): the data
     view to memory-map and the teacher-output cache."""
     method = build_method(spec, config)
     common, _, _ = split_config(spec, config)
