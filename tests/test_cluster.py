@@ -9,6 +9,7 @@ every Ray on the machine).
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from conftest import require
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -465,9 +467,8 @@ def _pg_bin() -> Path | None:
 def postgres(shared_dir):
     """A throwaway PostgreSQL on 127.0.0.1 (as the `postgres` user when run as root)."""
     pg = _pg_bin()
-    if pg is None:
-        pytest.skip("PostgreSQL is not installed (scripts/install.sh installs it as root)")
-    pytest.importorskip("psycopg2")
+    require(pg is not None, "PostgreSQL is not installed (scripts/install.sh installs it as root)")
+    require(importlib.util.find_spec("psycopg2") is not None, "psycopg2 is not installed")
     import psycopg2
 
     root = shared_dir / "pg"

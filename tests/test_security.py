@@ -11,18 +11,21 @@ a fake AWS secret in the environment; then every file written and all output is 
 
 from __future__ import annotations
 
+import importlib.util
 import ast
 import os
 import pickle
 import re
 import secrets
 import subprocess
+import tempfile
 import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from conftest import require
 import torch
 import yaml
 from typer.testing import CliRunner
@@ -290,7 +293,8 @@ AWS_SECRET = "AwsSecret-" + secrets.token_hex(8)   # a credential that only live
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     """`mlflow server --app-name basic-auth` on 127.0.0.1 (sqlite runs and users)."""
-    pytest.importorskip("flask_wtf", reason="mlflow[auth] (kdtune's `server` extra) is not installed")
+    require(importlib.util.find_spec("flask_wtf") is not None,
+            "mlflow[auth] (kdtune's `server` extra) is not installed")
     d = tmp_path_factory.mktemp("auth")
     (d / "basic_auth.ini").write_text(
         "[mlflow]\ndefault_permission = READ\n"
@@ -355,6 +359,7 @@ def test_sweep_with_a_password_in_the_uri_logs_and_leaks_nothing(auth_server, tm
     env = dict(os.environ, PYTHONUNBUFFERED="1", COLUMNS="300", AWS_SECRET_ACCESS_KEY=AWS_SECRET)
     for k in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         env.pop(k, None)
+    started = time.time()
     proc = subprocess.Popen([KDTUNE, "sweep", "run", str(spec)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, cwd=tmp_path, text=True)
     seen: dict = {}
@@ -395,9 +400,12 @@ def test_sweep_with_a_password_in_the_uri_logs_and_leaks_nothing(auth_server, tm
         os.environ.pop("MLFLOW_TRACKING_USERNAME")
         os.environ.pop("MLFLOW_TRACKING_PASSWORD")
 
-    session = re.search(r"(/\S+/session_[0-9_\-]+)/", out)  # this sweep's Ray's own logs
+    # this sweep's Ray's own logs: the session folders its local Ray made while the test ran
+    sessions = [p / "logs" for p in Path(tempfile.gettempdir(), "ray").glob("session_2*")
+                if p.stat().st_mtime >= started - 1 and (p / "logs").is_dir()]
+    assert sessions, "no Ray session of this sweep found: its logs would go unscanned"
     places = [tmp_path / "res", auth_server["dir"] / "artifacts", auth_server["dir"] / "mlflow.db",
-              *([Path(session.group(1)) / "logs"] if session else [])]
+              *sessions]
     leaks = [f"output: {s!r}" for s in (ADMIN_PW, AWS_SECRET) if s in out]
     leaks += [f"MLflow: {s!r}" for s in (ADMIN_PW, AWS_SECRET) if any(s in text for text in logged)]
     searched = 0

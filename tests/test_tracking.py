@@ -8,6 +8,7 @@ session and stopped by its process-group id in the fixture's ``finally``.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import require
 import yaml
 from kdtune.spec import paths
 
@@ -309,15 +311,15 @@ def test_registered_model_as_teacher_trains_no_teacher(sweep, server, promoted, 
 def test_browser_shows_experiment_trials_and_val_acc(sweep, server, tmp_path):
     """Headless Chromium: the sweep's experiment, its trial runs (expanded under the parent)
     and a trial's val_acc value; the screenshot is left in the test's temp folder."""
-    webdriver = pytest.importorskip("selenium.webdriver")
+    require(importlib.util.find_spec("selenium") is not None, "selenium is not installed")
     from mlflow import MlflowClient
+    from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
-    if not (chromium and driver):
-        pytest.skip("chromium/chromedriver not installed (scripts/install.sh installs them)")
+    require(bool(chromium and driver), "chromium/chromedriver not installed (scripts/install.sh installs them)")
     c = MlflowClient(server)
     exp = c.get_experiment_by_name("srv")
     best = json.loads(cli("best", "--json", "--tracking-uri", server).stdout)["top"][0]

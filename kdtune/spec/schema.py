@@ -82,6 +82,8 @@ class SearchSpec(_Model):
     seed: int = Field(0, description="sampler seed; trial i trains with seed + i")
     max_concurrent: int | None = Field(None, ge=1, description="trials at once; null: what the "
                                        "cluster's resources fit")
+    warm_start: list[str] = Field([], description="earlier sweeps (names in the tracking store) "
+                                  "whose finished trials start the new study as observations")
 
 
 class SchedulerSpec(_Model):
@@ -89,7 +91,9 @@ class SchedulerSpec(_Model):
 
     type: Literal["asha", "none"] = Field("asha", description="asha, or none (every trial runs "
                                           "all epochs)")
-    grace_period: int = Field(1, ge=1, description="epochs before ASHA's first rung")
+    grace_period: int | None = Field(None, ge=1, description="epochs before ASHA's first rung; "
+                                     "null: derived from epochs, two rungs (ceil(epochs / "
+                                     "reduction_factor²))")
     reduction_factor: float = Field(3.0, gt=1.0, description="ASHA keeps 1/reduction_factor of "
                                     "the trials at each rung")
 

@@ -167,3 +167,18 @@ def _read_text(c, run_id: str, path: str) -> str | None:
             return Path(c.download_artifacts(run_id, path, d)).read_text()
     except Exception:  # noqa: BLE001 - an absent artifact
         return None
+
+
+def finished_trials(uri: str, sweep: str) -> dict[str, Any]:
+    """A sweep's trials that ran their full epochs (FINISHED, not stopped early), as plain data
+    for a warm start: ``{"metric", "mode", "trials": [{"name", "params", "value"}]}``."""
+    c = client(uri)
+    parent = find_sweep(c, sweep)
+    metric = parent.data.tags.get("kdtune.metric", "val_acc")
+    out = []
+    for r in _children(c, parent):
+        value = finite(r.data.metrics.get(metric))
+        if r.info.status != "FINISHED" or value is None or r.data.tags.get("kdtune.stopped_early"):
+            continue
+        out.append({"name": r.info.run_name, "params": _typed(r.data.params), "value": value})
+    return {"metric": metric, "mode": parent.data.tags.get("kdtune.mode", "max"), "trials": out}

@@ -23,6 +23,7 @@ from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.experiment import Trial
 from ray.tune.schedulers.async_hyperband import AsyncHyperBandScheduler, _Bracket
+from ray.tune.search.optuna import OptunaSearch
 
 TESTED = "2.60"  # the Ray release these internals were read from
 
@@ -46,6 +47,7 @@ def missing() -> list[str]:
             {"_trial_info", "_brackets"} <= set(AsyncHyperBandScheduler.__init__.__code__.co_names),
         "_Bracket._rungs / on_result": "_rungs" in _Bracket.__init__.__code__.co_names
             and hasattr(_Bracket, "on_result"),
+        "OptunaSearch._ot_study": "_ot_study" in OptunaSearch.__init__.__code__.co_names,
     }
     return [name for name, ok in want.items() if not ok]
 
@@ -159,3 +161,9 @@ def asha_record(scheduler: Any, trial: Trial, time: float, reward: float) -> Non
 def asha_rungs(scheduler: Any) -> list[tuple[float, dict[str, float]]]:
     """ASHA's rungs: (milestone, {trial id: recorded reward}) per rung, highest first."""
     return [(m, dict(rec)) for b in scheduler._brackets for m, rec in b._rungs]
+
+
+def optuna_study(searcher: Any) -> Any:
+    """The Optuna study an ``OptunaSearch`` created (in its constructor, for a define-by-run
+    space); Ray exposes no accessor, and a warm start must add trials to it."""
+    return searcher._ot_study

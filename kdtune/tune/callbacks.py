@@ -39,7 +39,8 @@ from kdtune.spec.paths import CHECKPOINT
 from kdtune.spec.schema import Spec
 from kdtune.tracking.writer import SweepWriter
 from kdtune.training.teacher import ensure_teacher, needs_teacher
-from kdtune.tune._ray_compat import result_rows, trial_error_path, trial_folder
+from kdtune.tune._ray_compat import result_rows, trial_folder
+from kdtune.tune.errors import error_reason, error_text
 from kdtune.tune.naming import trial_seed
 from kdtune.tune.run import best_spec, trial_name
 from kdtune.tune.trainable import FATAL_KEY
@@ -74,27 +75,6 @@ def metrics_of(result: dict[str, Any]) -> list[tuple[str, float, int]]:
             step = main_step
         out.append((k, float(v), int(step or 0)))
     return out
-
-
-def error_text(trial) -> str | None:
-    """The trial's error file: the driver's staging copy (written before ``on_trial_error``),
-    else the copy in Tune storage."""
-    path = trial_error_path(trial)
-    if path:
-        try:
-            return Path(path).read_text()
-        except OSError:
-            pass
-    try:
-        return trial.get_error()
-    except Exception:  # noqa: BLE001 - storage may be unreachable
-        return None
-
-
-def error_reason(trial) -> str:
-    """The error's last line (``NonFiniteLoss: loss is nan at epoch 2``), for the run's tag."""
-    lines = [ln.strip() for ln in str(error_text(trial) or "").splitlines() if ln.strip()]
-    return (lines[-1] if lines else "trial failed (no error text)")[:5000]
 
 
 _LIVE_SPECS: dict[int, Spec] = {}  # unmasked specs of this process's callbacks (see __getstate__)
@@ -225,6 +205,9 @@ class MLflowCallback(Callback):
         return None
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        if FATAL_KEY in result:
+            self._end_fatal(trial, str(result[FATAL_KEY]))
+            return
         self.writer.trial_metrics(trial.trial_id, metrics_of(result))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
@@ -234,14 +217,22 @@ class MLflowCallback(Callback):
         self.writer.trial_tags(trial.trial_id, {"kdtune.retries": trial.num_failures,
                                                 "kdtune.last_error": error_reason(trial)})
 
+    def _end_fatal(self, trial, reason: str) -> None:
+        """The spec's own error (not retried): the trial's run FAILED, and so will the sweep's.
+        Heard with the trial's last result: the guard then stops the sweep, and a trial stopped
+        that way never reaches ``on_trial_complete``."""
+        if self._fatal:
+            return
+        self._fatal = True
+        folder = trial_folder(trial)
+        if folder is not None and (folder / "error.txt").is_file():
+            self.writer.trial_text(trial.trial_id, (folder / "error.txt").read_text(), "error.txt")
+        self.writer.trial_end(trial.trial_id, "FAILED", reason=reason)
+
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
-        if FATAL_KEY in last:  # the spec's own error (not retried): the trial failed
-            folder = trial_folder(trial)
-            if folder is not None and (folder / "error.txt").is_file():
-                self.writer.trial_text(trial.trial_id, (folder / "error.txt").read_text(), "error.txt")
-            self.writer.trial_end(trial.trial_id, "FAILED", reason=str(last[FATAL_KEY]))
-            self._fatal = True
+        if FATAL_KEY in last:
+            self._end_fatal(trial, str(last[FATAL_KEY]))
             return
         epoch = last.get("epoch")
         tags = {"kdtune.last_epoch": epoch}

@@ -13,6 +13,7 @@ from collections import Counter
 
 from ray.tune import Callback, Stopper
 
+from kdtune.tune.errors import error_reason
 from kdtune.tune.trainable import FATAL_KEY
 
 
@@ -38,7 +39,7 @@ class Guard(Callback, Stopper):
             self.streak = []
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self.streak.append(_reason(trial))
+        self.streak.append(error_reason(trial)[:300])
 
     # ---- Stopper
     def __call__(self, trial_id: str, result: dict) -> bool:
@@ -49,12 +50,3 @@ class Guard(Callback, Stopper):
 
     def commonest(self) -> str:
         return Counter(self.streak).most_common(1)[0][0] if self.streak else "?"
-
-
-def _reason(trial) -> str:
-    try:
-        text = trial.get_error() or ""
-    except Exception:  # noqa: BLE001 - storage unreachable
-        text = ""
-    lines = [ln.strip() for ln in str(text).splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else "unknown error"

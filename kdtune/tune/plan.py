@@ -18,7 +18,9 @@ from kdtune.params.walk import Row, SweepSpace
 from kdtune.spec.paths import TEACHER_FILE, experiment_path, teachers_dir
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.training.teacher import needs_teacher, teacher_key
+from kdtune.tune.schedule import grace_period
 from kdtune.tune.search import make_sampler
+from kdtune.tune.warm import observations
 
 
 @dataclass
@@ -32,6 +34,7 @@ class SweepPlan:
     teacher: str                       # what happens to the teacher
     path: str                          # the Tune experiment: <storage>/<name>
     resumable: bool                    # a Tune experiment is already there
+    warm: int = 0                      # observations from earlier sweeps (search.warm_start)
 
     def lines(self) -> list[str]:
         s, r = self.spec, self.spec.resources
@@ -51,7 +54,8 @@ class SweepPlan:
             f"resources: {per} per trial; {where}",
             f"teacher: {self.teacher}",
             f"results: {self.path}" + (" (exists: --resume continues it)" if self.resumable else ""),
-        ]
+        ] + ([f"warm start: {self.warm} finished trial(s) of {', '.join(s.search.warm_start)} "
+              "as observations before the first new trial"] if s.search.warm_start else [])
 
 
 def local_resources() -> dict[str, float]:
@@ -72,7 +76,7 @@ def concurrency(spec: Spec, cluster: dict[str, float]) -> int:
 def asha_rungs(spec: Spec) -> list[int]:
     if spec.scheduler.type != "asha":
         return []
-    out, t = [], float(min(spec.scheduler.grace_period, spec.epochs))
+    out, t = [], float(grace_period(spec))
     while t < spec.epochs:
         out.append(int(round(t)))
         t *= spec.scheduler.reduction_factor
@@ -115,6 +119,7 @@ def plan_sweep(spec: Spec, cluster: dict[str, float] | None = None) -> SweepPlan
     path = experiment_path(spec)
     return SweepPlan(spec=spec, rows=space.rows(), first=space.default_points(),
                      cluster=None if remote else cluster, concurrent=n, rungs=asha_rungs(spec),
-                     teacher=teacher_plan(spec), path=path, resumable=can_restore(path))
+                     teacher=teacher_plan(spec), path=path, resumable=can_restore(path),
+                     warm=len(observations(spec, log=lambda m: None)))
 
 

@@ -30,6 +30,7 @@ from kdtune.tune.guard import Guard, SweepFailing
 from kdtune.tune.naming import make_name, trial_seed
 from kdtune.tune.plan import can_restore, concurrency, plan_sweep
 from kdtune.tune.progress import Progress
+from kdtune.tune.quiet import quiet
 from kdtune.tune.results import best_yaml_text, finite, ranked
 from kdtune.tune.schedule import make_scheduler
 from kdtune.tune.search import make_searcher
@@ -203,8 +204,10 @@ def summarize(grid, spec: Spec, teacher_path: str | None, log: Log = print) -> S
 
 
 def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
-              log: Log = print) -> SweepResult:
-    """Run (or with ``resume`` continue) the sweep a spec describes; writes best.yaml."""
+              log: Log = print, verbose: bool = False) -> SweepResult:
+    """Run (or with ``resume`` continue) the sweep a spec describes; writes best.yaml.
+    Ray's, Tune's and MLflow's own messages are hidden unless ``verbose`` (``kdtune.tune.quiet``)."""
+    quiet(verbose)
     path = experiment_path(spec)
     exists = can_restore(path)
     if resume and not exists:
@@ -225,7 +228,8 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
     shared = prepare_shared(spec, teacher, log=log)
     trainable = make_trainable(spec, teacher, shared=shared)
     guard = Guard(spec.max_consecutive_failures)
-    cbs = [Progress(spec.metric, spec.mode, spec.epochs), guard, session.Recorder(), *callbacks]
+    cbs = [Progress(spec.metric, spec.mode, spec.epochs, num_samples=spec.search.num_samples),
+           guard, session.Recorder(), *callbacks]
     if resume:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         # the callbacks pickled with the experiment are this process's to replace

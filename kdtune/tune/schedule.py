@@ -53,10 +53,18 @@ class ResumableASHA(_SavesState, AsyncHyperBandScheduler):
                 asha_record(self, trial, t, self._metric_op * v)
 
 
+def grace_period(spec: Spec) -> int:
+    """ASHA's first rung: the spec's, or derived so that ASHA has two rungs below ``epochs``
+    (ceil(epochs / rf²)): a 1-epoch rung judges configurations before most have separated."""
+    s = spec.scheduler
+    g = s.grace_period if s.grace_period is not None else math.ceil(spec.epochs / s.reduction_factor ** 2)
+    return max(1, min(g, spec.epochs))
+
+
 def make_scheduler(spec: Spec):
     if spec.scheduler.type == "none":
         return ResumableFIFO()
     # time_attr "epoch": only main epochs carry it, so stage reports never advance ASHA
     return ResumableASHA(time_attr="epoch", max_t=spec.epochs,
-                         grace_period=min(spec.scheduler.grace_period, spec.epochs),
+                         grace_period=grace_period(spec),
                          reduction_factor=spec.scheduler.reduction_factor)

@@ -8,7 +8,7 @@ evaluated first.
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -16,6 +16,9 @@ from ray.tune.search.optuna import OptunaSearch
 from kdtune.params.space import ParamSpace
 from kdtune.params.walk import SweepSpace
 from kdtune.spec.schema import Spec, SpecError
+from kdtune.tracking.summary import optuna_storage
+from kdtune.tune._ray_compat import optuna_study
+from kdtune.tune.warm import observations
 
 
 class _DefineByRun:
@@ -69,13 +72,22 @@ def make_sampler(spec: Spec):
             independent_sampler=optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup))
 
 
-def make_searcher(spec: Spec, space: SweepSpace | None = None):
-    """``OptunaSearch`` over the spec's space, paper defaults first, seeded sampler."""
+def make_searcher(spec: Spec, space: SweepSpace | None = None, log: Callable[[str], None] = print):
+    """``OptunaSearch`` over the spec's space, paper defaults first, seeded sampler; earlier
+    sweeps' finished trials first of all (``search.warm_start``)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = space or SweepSpace(spec)
-    return MainEpochOptunaSearch(
+    searcher = MainEpochOptunaSearch(
         space=define_by_run(space), metric=spec.metric, mode=spec.mode,
-        sampler=make_sampler(spec), points_to_evaluate=space.default_points() or None)
+        sampler=make_sampler(spec), points_to_evaluate=space.default_points() or None,
+        # one RDB study per sweep, named after it, for optuna-dashboard (None: in memory)
+        storage=optuna_storage(spec), study_name=spec.name,
+        max_epochs=spec.epochs)
+    warm = observations(spec, log)
+    study = optuna_study(searcher)
+    if warm and not any("warm_start" in t.user_attrs for t in study.trials):
+        study.add_trials(warm)  # (a persisted study being resumed has them already)
+    return searcher
 
 
 class MainEpochOptunaSearch(OptunaSearch):
@@ -86,6 +98,20 @@ class MainEpochOptunaSearch(OptunaSearch):
     ``training_iteration`` (which counts stage reports too).
     """
 
+    def __init__(self, *args: Any, max_epochs: int | None = None, **kwargs: Any) -> None:
+        self.max_epochs = max_epochs
+        super().__init__(*args, **kwargs)
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if self.metric in result and "epoch" in result:
             super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """A trial ASHA stopped before ``max_epochs`` is told to Optuna as PRUNED (with the
+        intermediate values it reported), not COMPLETE with its early value: otherwise TPE
+        ranks a 1-epoch score against full-length ones and learns that slow starters are bad."""
+        epoch = (result or {}).get("epoch")
+        if (not error and self.max_epochs and isinstance(epoch, (int, float))
+                and epoch < self.max_epochs):
+            result = None  # OptunaSearch tells Optuna PRUNED for a result without the metric
+        super().on_trial_complete(trial_id, result=result, error=error)

@@ -12,7 +12,9 @@ main epoch, after epoch 1 was reported with a checkpoint:
   it (refuses to run without a cap, so it can never exhaust the machine);
 - ``fault_kill``: SIGKILLs its own worker process on the first attempt (a lost worker); after
   Tune restarts it from the epoch-1 checkpoint it trains normally;
-- ``slow``: sleeps ``KDTUNE_TEST_SLOW_S`` seconds (default 1) per epoch (outage tests).
+- ``slow``: sleeps ``KDTUNE_TEST_SLOW_S`` seconds (default 1) per epoch (outage tests);
+- ``fault_badarg``: raises ``TypeError`` while building its extras, before any step (a spec
+  error only a trial can find: the sweep fails fast).
 """
 
 from __future__ import annotations
@@ -109,3 +111,14 @@ class Slow(_Faulty):
     def on_epoch_end(self, ctx, epoch):
         time.sleep(float(os.environ.get("KDTUNE_TEST_SLOW_S", "1")))
         return {}
+
+
+@METHODS.register("fault_badarg")
+class FaultBadArg(_Faulty):
+    """A deterministic error of the spec that the checks cannot see: building its extras raises
+    TypeError before the first step, in every trial (never retried: the sweep stops, exit 2)."""
+
+    name = "fault_badarg"
+
+    def build_extras(self, teacher, student, ctx):
+        raise TypeError("Linear.__init__() got an unexpected keyword argument 'biass'")
