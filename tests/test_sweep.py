@@ -248,17 +248,27 @@ def test_local_sweep_asha_and_best_yaml_reproduces(tmp_path, ray_local):
     again = load_spec(res.best_yaml)
     assert resolve_params(again) == best.config
     assert again.teacher.checkpoint and again.seed == int(best.name.rsplit("_", 1)[1])
-    if best.epochs == 3:  # a trial ASHA stopped early ran fewer epochs than `train` will
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # as in the trial (cpu: 1)
-        try:
-            out = CliRunner().invoke(app, ["train", res.best_yaml])
-        finally:
-            torch.set_num_threads(threads)
-        assert out.exit_code == 0, out.output
-        last = [ln for ln in out.output.splitlines() if ln.startswith("epoch 3/3")][0]
-        val_acc = float(last.split("val_acc ")[1].split()[0])
-        assert val_acc == pytest.approx(best.value, abs=1e-3)
+    # `train` reproduces a trial: checked on the best trial that ran all 3 epochs (a trial ASHA
+    # stopped early trained fewer epochs, under a schedule of 3, than `train` would), never
+    # skipped: ASHA lets the top trials finish
+    from kdtune.spec import dump_spec
+    from kdtune.tune.naming import trial_seed
+    from kdtune.tune.run import best_spec
+
+    full = next(t for t in res.trials if t.status == "completed")
+    path = tmp_path / "full.yaml"
+    path.write_text(dump_spec(best_spec(spec, full.config, trial_seed(spec, full.name),
+                                        again.teacher.checkpoint)))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the trial (cpu: 1)
+    try:
+        out = CliRunner().invoke(app, ["train", str(path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert out.exit_code == 0, out.output
+    last = [ln for ln in out.output.splitlines() if ln.startswith("epoch 3/3")][0]
+    val_acc = float(last.split("val_acc ")[1].split()[0])
+    assert val_acc == pytest.approx(full.value, abs=1e-3)
 
 
 @pytest.mark.slow
@@ -434,5 +444,7 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
         k = kids[t.trial_id]
         steps = [h.step for h in c.get_metric_history(k.info.run_id, "val_acc")]
         assert k.info.status == "FINISHED" and sorted(set(steps)) == [1, 2, 3], (t, steps)
+        # a trial restarted from scratch would log epoch 1 again: restarts resume from a checkpoint
+        assert steps.count(1) == 1, (t, steps)
         if Path(t.path).name in done_before:
             assert steps == [1, 2, 3], (t, steps)

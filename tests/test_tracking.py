@@ -508,7 +508,9 @@ def test_retries_and_a_restarted_driver_make_no_duplicate_runs(lite_spec, tmp_pa
     runs = c.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("kdtune.role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    kids = {r.data.tags["kdtune.trial_id"]: r for r in children(c, parents[0].info.run_id, exp.experiment_id)}
+    runs = children(c, parents[0].info.run_id, exp.experiment_id)
+    assert len(runs) == 2  # counted, not keyed: a dict by trial id would merge duplicates
+    kids = {r.data.tags["kdtune.trial_id"]: r for r in runs}
     assert sorted(kids) == ["t00001", "t00002"]
     ok, failed = kids["t00001"], kids["t00002"]
     assert ok.info.status == "FINISHED" and ok.data.tags["kdtune.retries"] == "1"
