@@ -3,8 +3,8 @@ each over a scratch trial of the same student, side by side.
 
 Teacher ``cnn4`` (10 classes; its weights do not change the cost, so it is not trained here),
 student ``cnn_small`` on a Fashion-MNIST subset, batch 128, one thread (a trial's ``cpu: 1``).
-All three trials are ``kdtune.trial.run_trial`` on the same memory-mapped data view
-(``kdtune.shared``); the cached one reads the teacher outputs the driver computed once (that
+All three trials are ``kdtune.training.trial.run_trial`` on the same memory-mapped data view
+(``kdtune.training.cache``); the cached one reads the teacher outputs the driver computed once (that
 build is timed too, as ``cache_build_s``: paid once per sweep, not per trial). A trial here is
 the whole run: context, epochs with validation, and the final test evaluation.
 

@@ -90,7 +90,7 @@ class TrialContext:
         """The teacher's taps for a batch (no grad), logits restricted to the student's classes."""
         if not needs or self.teacher is None:
             return None
-        if self.teacher_view is not None:  # the shared teacher-output cache (kdtune/shared.py)
+        if self.teacher_view is not None:  # the shared teacher-output cache (kdtune/training/cache.py)
             out = self.teacher_view(batch, needs)
             if out is not None:  # None: not cached for this batch/needs, run the teacher
                 return out
