@@ -6,6 +6,7 @@ comments); training is checked on sklearn's 8×8 digits with a one-epoch ResNet-
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,18 +16,19 @@ import torch
 import torch.nn.functional as F
 
 from kdtune.spec import SpecError, parse_spec
-from kdtune.methods import make_method
+from kdtune.methods import Batch, make_method
 from kdtune.methods._features import block_forward, pair_by_depth, pair_from_last
 from kdtune.methods.anti_distillation import hessian_norm
 from kdtune.methods.at import at_loss, attention
+from kdtune.methods import ft as ft_module
 from kdtune.methods.ft import factor_loss
 from kdtune.methods.fsp import fsp_loss, fsp_matrix
-from kdtune.methods.kr import KR, phi0
+from kdtune.methods.kr import KR, phi0, teacher_posterior
 from kdtune.models import create_model
 from kdtune.params.walk import resolve_params
 from kdtune.training.teacher import ensure_teacher
 from kdtune.training.trial import make_context, run_trial
-from kdtune.training.engine import train
+from kdtune.training.engine import build_student, train
 
 
 # --------------------------------------------------------------------------- the math by hand
@@ -98,6 +100,76 @@ def test_sparse_recoding_rewrites_gradients_by_hand() -> None:
     assert math.isclose(float(out["kept"]), 0.6, rel_tol=1e-6)
 
 
+def test_sparse_recoding_starts_eps_at_the_first_batchs_mean_gradient() -> None:
+    # The paper starts ε at "the mean value of parameters distribution", orders of magnitude above
+    # the gradients; kdtune starts it at the first batch's mean |g| (ε is None until then).
+    kr = KR(make_method("kr", {"lam": 0.1}).p)
+    kr.eps = None
+    p = torch.nn.Parameter(torch.full((5,), 100.0))  # large weights must not matter
+    p.grad = torch.tensor([0.1, -0.4, 0.5, -1.0, 2.0])
+    out = kr.recode([p])
+    # mean|g| = 4.0/5 = 0.8 → ε = 0.8 (0.9·0.8 + 0.1·0.8); kept: |g| ≥ 0.8 → 2 of 5 = 0.4
+    assert math.isclose(float(out["eps"]), 0.8, rel_tol=1e-6)
+    assert math.isclose(float(out["kept"]), 0.4, rel_tol=1e-6)
+    # −1 → −1 − 0.1·(1 + 1)/0.8 = −1.25;  2 → 2 + 0.1·(2 + 4)/0.8 = 2.75; the rest → 0
+    assert torch.allclose(p.grad, torch.tensor([0.0, 0.0, 0.0, -1.25, 2.75]), atol=1e-6)
+    assert kr.state_dict() == {"eps": pytest.approx(0.8)}
+    # later batches move it as before: 0.9·0.8 + 0.1·(3.0/5) = 0.72 + 0.06 = 0.78
+    p.grad = torch.tensor([0.2, 0.2, -0.2, 0.2, 2.2])
+    assert math.isclose(float(kr.recode([p])["eps"]), 0.78, rel_tol=1e-6)
+    assert KR(make_method("kr", {}).p).state_dict() == {}  # nothing to save before a step
+
+
+def test_kr_teacher_posterior_is_the_cross_entropy_against_the_teachers_softmax() -> None:
+    # teacher logits over its 3 classes, student classes = teacher columns (2, 0):
+    #   t = [ln3, 5, 0] → restricted [0, ln3] → softmax (1/4, 3/4) (both samples)
+    # sample 1: s = [0, 0] → log_softmax (−ln2, −ln2) → CE = ln2 = 0.6931472
+    # sample 2: s = [ln3, 0] → log_softmax (ln¾, ln¼) → −(¼·ln¾ + ¾·ln¼) = 1.1116413
+    # mean over the batch = 0.9023942
+    ln3 = math.log(3)
+    t = torch.tensor([[ln3, 5.0, 0.0], [ln3, 5.0, 0.0]])
+    s = torch.tensor([[0.0, 0.0], [ln3, 0.0]])
+    got = teacher_posterior(s, t, torch.tensor([2, 0]))
+    assert math.isclose(float(got), 0.9023942, rel_tol=1e-6)
+
+
+def test_kr_posterior_choice_sets_label_use_and_is_checked(tmp_path: Path) -> None:
+    assert not make_method("kr", {}).uses_labels()  # the paper's teacher posterior: label-free
+    assert make_method("kr", {"posterior": "labels"}).uses_labels()
+    spec = parse_spec({"data": {"name": "digits"},
+                       "teacher": {"model": "resnet8", "classes": {"first": 5}},
+                       "student": {"model": "resnet8", "classes": [5, 6]}, "method": "kr",
+                       "storage": str(tmp_path)})
+    with pytest.raises(SpecError, match=r"params\.posterior: teacher needs student\.classes"):
+        make_method("kr", {}).check(spec)
+    make_method("kr", {}).check(spec.model_copy(update={"params": {"posterior": "labels"}}))
+
+
+def test_ft_defaults_are_the_papers_cifar_setting(digits_teacher, monkeypatch) -> None:
+    # §4.3, CIFAR: k = 2/3 "for all layers", every group, autoencoder learning rate 0.01
+    p = make_method("ft", {}).p
+    assert (p.k, p.groups, p.paraphraser_lr) == (2 / 3, "all", 0.01)
+    store, teacher = digits_teacher
+    spec = tiny_spec(store, method="ft", params={"batch_size": 64, "paraphraser_lr": 0.02})
+    ctx, method = make_context(spec, resolve_params(spec), teacher, seed=0)
+    student = build_student(ctx, method)
+    extras = method.build_extras(ctx.teacher, student, ctx)
+    # teacher (resnet14 ×0.25) groups have 4, 8, 16 channels; round(2/3·C) = 3, 5, 11
+    # (2.67, 5.33, 10.67); every group gets a paraphraser/translator pair
+    assert [pp.encoder[3].out_channels for pp in extras["paraphrasers"]] == [3, 5, 11]
+    assert [t[3].out_channels for t in extras["translators"]] == [3, 5, 11]
+    seen, real = [], ft_module.sgd
+
+    def spy(params, lr, common, weight_decay=None):
+        seen.append(lr)
+        return real(params, lr, common, weight_decay)
+
+    monkeypatch.setattr(ft_module, "sgd", spy)
+    ctx.student, ctx.extras = student, extras
+    metrics = method.stages(ctx)[0].run_epoch(ctx, 0)
+    assert seen == [0.02] and math.isfinite(metrics["reconstruction"])
+
+
 def test_pairings() -> None:
     assert pair_from_last(3, 2) == [(1, 0), (2, 1)]
     assert pair_from_last(2, 4) == [(0, 2), (1, 3)]
@@ -117,8 +189,9 @@ def test_block_forward_is_the_forward(name: str) -> None:
 
 
 # --------------------------------------------------------------------------- KR structure
-def fake_ctx(size: int = 8, channels: int = 1):
-    return SimpleNamespace(data=SimpleNamespace(in_channels=channels, input_size=size))
+def fake_ctx(size: int = 8, channels: int = 1, classes: int = 10):
+    return SimpleNamespace(data=SimpleNamespace(in_channels=channels, input_size=size),
+                           teacher_index=torch.arange(classes))
 
 
 def test_kr_c_sets_the_number_of_aggregated_blocks() -> None:
@@ -224,12 +297,14 @@ def run(store, teacher, **kw):
 @pytest.mark.parametrize("method,params,term", [
     ("fitnet", {"hint_epochs": 1}, "hint"), ("at", {}, "attention"),
     ("ft", {"paraphraser_epochs": 1, "groups": "all"}, "factor"),
-    ("fsp", {"stage1_epochs": 1}, None), ("kr", {}, "match"),
+    ("fsp", {"stage1_epochs": 1}, None), ("kr", {}, "match"), ("kr", {}, "posterior"),
+    ("kr", {"posterior": "labels"}, "match"),
 ])
 def test_each_method_trains_and_reports_its_terms(digits_teacher, method, params, term) -> None:
     store, teacher = digits_teacher
     final, rec = run(store, teacher, method=method, params={"batch_size": 64, **params})
-    assert math.isfinite(final["loss"]) and "ce" in final and "test_acc" in final
+    assert math.isfinite(final["loss"]) and "test_acc" in final
+    assert ("ce" in final) == make_method(method, params).uses_labels()
     if term:
         assert term in final and final[term] > 0
     # pre-stages report under stage/<name>/... and are not main epochs
@@ -269,6 +344,49 @@ def test_kr_eps_stays_inside_the_gradient_range(digits_teacher) -> None:
     assert all(s["kept"] < 1 for s in seen)  # small gradients are filtered every step
     assert method.state_dict()["eps"] == pytest.approx(seen[-1]["eps"])
     assert math.isfinite(final["loss"])
+
+
+def test_kr_student_matches_the_aggregator_after_its_update(digits_teacher) -> None:
+    """Algorithm 1: optimise W̃ᵗ, then Wˢ against the W̃ᵗ just updated (no one-step lag)."""
+    store, teacher = digits_teacher
+    spec = tiny_spec(store, method="kr", params={"batch_size": 64, "c": 2})
+    ctx, method = make_context(spec, resolve_params(spec), teacher, seed=0)
+    ctx.student = build_student(ctx, method)
+    ctx.extras = method.build_extras(ctx.teacher, ctx.student, ctx)
+    ctx.optimizers = method.optimizers(ctx)
+    ctx.student.train()
+    ctx.extras.train()
+    x, y, idx = next(iter(ctx.loader("train")))
+    student0, adapters0 = copy.deepcopy(ctx.student), copy.deepcopy(ctx.extras["adapters"])
+    agg0 = copy.deepcopy(ctx.extras["agg"])
+
+    def tracked(agg) -> list[int]:
+        return [int(m.num_batches_tracked) for m in agg.modules()
+                if isinstance(m, torch.nn.BatchNorm2d)]
+
+    counts = tracked(agg0)
+    terms = method.train_step(ctx, Batch(x, None, idx))  # label-free: the teacher posterior
+
+    with torch.no_grad():
+        t_stem = ctx.teacher.stem(x)
+        _, s_outs, _ = block_forward(student0, x)  # the student as it was for this step
+
+        def match(agg) -> float:  # Σ_pairs mean((A_k(s_j) − W̃-output_k)²), sizes already equal
+            h, feats = t_stem, []
+            for blk in agg:
+                h = blk(h)
+                feats.append(h)
+            assert all(s_outs[j].shape[2:] == feats[k].shape[2:] for k, j in method.pairs)
+            return float(sum(F.mse_loss(adapters0[n](s_outs[j]), feats[k])
+                             for n, (k, j) in enumerate(method.pairs)))
+
+        after = match(copy.deepcopy(ctx.extras["agg"]))
+        before = match(agg0)
+    got = float(terms["match"].detach())
+    assert got == pytest.approx(after, rel=1e-5)
+    assert got != pytest.approx(before, rel=1e-5)
+    # the target's extra forward left the BatchNorm statistics as one forward per step does
+    assert counts and tracked(ctx.extras["agg"]) == [n + 1 for n in counts]
 
 
 def test_anti_distillation_s2g_with_init_stage(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,7 +24,7 @@ from kdtune.training.ops import evaluate, make_optimizer
 from kdtune.training.checkpoint import load_student, save_state
 from kdtune.methods import Batch, make_method
 from kdtune.methods.kd import TeacherDropout
-from kdtune.methods.mds import fit_probe
+from kdtune.methods.mds import fit_probe, mds_loss, teacher_for_s
 from kdtune.methods.prune import prunable
 from kdtune.methods.trust_region import MAX_BACKTRACKS, annealed
 from kdtune.models import create_model
@@ -84,15 +85,16 @@ def test_mds_gradient_is_finite_for_equal_embeddings():
 
 
 # --------------------------------------------------------------------------- a tiny G→S setup
-def tiny_ctx(name: str, params: dict | None = None, *, lr: float = 0.05, epochs: int = 2):
+def tiny_ctx(name: str, params: dict | None = None, *, lr: float = 0.05, epochs: int = 2,
+             teacher_model: str = "cnn4", student_model: str = "cnn_small"):
     """Untrained cnn4 teacher (10 digits classes), cnn_small student on the first 5."""
     spec = parse_spec({"data": {"name": "digits", "train_limit": 200},
-                       "student": {"model": "cnn_small", "kwargs": {"width": 0.25},
+                       "student": {"model": student_model, "kwargs": {"width": 0.25},
                                    "classes": {"first": 5}},
                        "method": name, "epochs": epochs, "device": "cpu"})
     data = load_data("digits", train_limit=200, classes={"first": 5})
     torch.manual_seed(1)
-    teacher = create_model("cnn4", 10, 1, 8, width=0.25).eval()
+    teacher = create_model(teacher_model, 10, 1, 8, width=0.25).eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     ctx = TrialContext(spec=spec, common=CommonParams(lr=lr, batch_size=64), data=data,
@@ -252,7 +254,7 @@ def test_probe_fits_separable_data_and_folds_the_standardisation():
 
 # --------------------------------------------------------------------------- simultaneous
 def test_simultaneous_trains_its_copy_never_the_cached_teacher():
-    ctx, method = tiny_ctx("simultaneous", {"teacher_lr": 0.1})
+    ctx, method = tiny_ctx("simultaneous", {"teacher_lr": 0.1, "points": "groups"})
     prepare(ctx, method)
     cached = {k: v.clone() for k, v in ctx.teacher.state_dict().items()}
     copy0 = {k: v.clone() for k, v in ctx.extras["teacher"].state_dict().items()}
@@ -267,11 +269,80 @@ def test_simultaneous_trains_its_copy_never_the_cached_teacher():
     assert ctx.extras["teacher"].fc.out_features == 5  # fine-tuned on S's restricted logits
 
 
+def test_simultaneous_matches_at_every_residual_block_by_default():
+    # KF §5.4: "match outputs at each residual block". resnet20 teacher: 9 blocks in 3 groups;
+    # resnet14 student: 6 blocks. Student block i ↔ teacher block round((i+1)·9/6) − 1:
+    #   round(1.5)−1 = 1, 3−1 = 2, round(4.5)−1 = 3, 6−1 = 5, round(7.5)−1 = 7, 9−1 = 8
+    # (Python rounds halves to even). Per-group matching would give 3 terms, not 6.
+    assert make_method("simultaneous", {}).p.points == "blocks"
+    ctx, method = tiny_ctx("simultaneous", {}, teacher_model="resnet20", student_model="resnet14")
+    prepare(ctx, method)
+    assert method.pairs == [1, 2, 3, 5, 7, 8]
+    batch = first_batch(ctx)
+    student, teacher = copy.deepcopy(ctx.student), copy.deepcopy(ctx.extras["teacher"])
+    adapters = copy.deepcopy(ctx.extras["adapters"])
+    terms = method.train_step(ctx, batch)
+    assert {f"match/block{i}" for i in range(6)} | {"match/logits"} == {
+        k for k in terms if k.startswith("match/")}
+
+    def block_outputs(model) -> list[torch.Tensor]:  # stem, then each block, by hand
+        h, outs = model.stem(batch.x), []
+        for g in model.groups:
+            for b in g:
+                h = b(h)
+                outs.append(h)
+        return outs
+
+    with torch.no_grad():  # both in train mode, as in the step (batch statistics)
+        s_b, t_b = block_outputs(student), block_outputs(teacher)
+    for i, j in enumerate(method.pairs):
+        want = (adapters[i](s_b[i]) - t_b[j]).pow(2).mean()  # same sizes, 1×1 adapters
+        assert float(terms[f"match/block{i}"].detach()) == pytest.approx(float(want), rel=1e-5), i
+
+
 def test_simultaneous_logits_only_has_no_adapters():
     ctx, method = tiny_ctx("simultaneous", {"points": "logits"})
     prepare(ctx, method)
     terms = method.train_step(ctx, first_batch(ctx))
     assert not any(k.startswith("match/group") for k in terms)
+
+
+# --------------------------------------------------------------------------- mds + fine-tuning
+def test_mds_teacher_finetune_stage_trains_a_copy_and_distils_from_it():
+    # KF §5.6: fine-tune the G teacher on S, then MDS from it. A per-trial copy is trained.
+    assert make_method("mds", {}).p.teacher_finetune_epochs == 0  # off by default
+    ctx, method = tiny_ctx("mds", {"teacher_finetune_epochs": 2, "teacher_lr": 0.1}, epochs=1)
+    assert method.teacher_needs == () and not method.uses_labels()  # main stage: label-free
+    cached = {k: v.clone() for k, v in ctx.teacher.state_dict().items()}
+    stages = []
+    train(ctx, method, lambda m, state=None, stage=False: stage and stages.append(m), epochs=1)
+    assert [m["stage/teacher_finetune/epoch"] for m in stages] == [1, 2]
+    assert all({"stage/teacher_finetune/ce", "stage/teacher_finetune/val_acc"} <= set(m)
+               for m in stages)
+    assert stages[1]["stage/teacher_finetune/ce"] < stages[0]["stage/teacher_finetune/ce"]
+    for k, v in ctx.teacher.state_dict().items():
+        assert torch.equal(v, cached[k]), f"cached teacher changed at {k}"
+    tuned = ctx.extras["teacher"]
+    assert tuned.fc.out_features == 5 and not any(p.requires_grad for p in tuned.parameters())
+    assert not torch.equal(tuned.fc.weight, ctx.teacher.fc.weight[:5])
+    # the MDS term reads the tuned copy's embeddings (eval mode), not the cached teacher's
+    batch = first_batch(ctx, labels=False)
+    with torch.no_grad():
+        s = {"penultimate": ctx.student.forward_taps(batch.x)["penultimate"]}
+        got = method.loss(batch, s, None, ctx.extras)["mds"]
+        want = mds_loss(s["penultimate"], tuned.eval().forward_taps(batch.x)["penultimate"])
+        cached_t = mds_loss(s["penultimate"], ctx.teacher.forward_taps(batch.x)["penultimate"])
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert float(got) != pytest.approx(float(cached_t), rel=1e-3)
+
+
+def test_mds_finetune_copy_gets_a_fresh_head_when_s_is_not_in_g():
+    teacher = create_model("cnn4", 5, 1, 8, width=0.25)
+    ctx = SimpleNamespace(teacher_index=None, data=SimpleNamespace(num_classes=10))
+    tuned = teacher_for_s(teacher, ctx)
+    assert tuned.fc.out_features == 10 and tuned.spec["num_classes"] == 10
+    assert teacher.fc.out_features == 5  # the original is untouched
+    assert all(p.requires_grad for p in tuned.parameters())
 
 
 # --------------------------------------------------------------------------- baselines

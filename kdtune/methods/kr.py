@@ -26,8 +26,14 @@ output size, then a residual basic block (a Linear + ReLU for vector features).
 read as matching the aggregated knowledge at the feature level: the aggregated blocks are paired
 with student blocks by relative depth (the last with the last), and each student block output
 goes through a learned 1×1 adapter (resized to the aggregated map's size) into an MSE against
-the (detached) aggregated output; plus the engine-style ``ce`` on labels (Eq. 1's posterior
-term L may be cross-entropy).
+the (detached) aggregated output. The target is the aggregated network *after* this batch's
+aggregation step (Algorithm 1: "Optimizing W̃ᵗ", then "Optimizing Wˢ with W̃ᵗ"): it is run
+again, without gradient and without moving its BatchNorm statistics, once optimiser 1 has
+stepped. Plus the posterior term of Eq. 1–2, L(yᵗ, yˢ), with L the cross-entropy (one of the
+metrics Eq. 1 allows): ``posterior: teacher`` (default, the paper's) is the cross-entropy of
+the student's softmax against the teacher's (temperature 1, teacher logits restricted to the
+student's classes, so it needs them to be a subset; no label is read), ``posterior: labels``
+the hard-label ``ce`` instead (any class relation).
 
 **Sparse recoding (Eq. 3–4), λ·Σⱼ Φ₀(gⱼ), read as a rewrite of the student's gradients**
 (not a loss term: a learnable ε in the loss only grows until Φ₀ switches itself off). After
@@ -37,19 +43,23 @@ the student's backward pass each gradient entry g becomes
     g' = g + λ·sign(g)·Φ₀(g)        if |g| ≥ ε     (dominant ones: enhanced)
 
 with Φ₀(g) = (|g| + g²)/ε above ε and 0 below it. λ = 0 switches the rewrite off entirely
-(the paper's "KR-Dense"). ε starts at the mean absolute value of the student's parameters
-(the paper's "mean value of the parameters distribution"), which usually lies above every
-gradient; each step it moves toward the mean |g| of that step (ε ← 0.9·ε + 0.1·mean|g|) and is
-clamped to [min|g|, max|g|], so it always lies inside the range of the gradients it filters.
-The adapters are not student weights: their gradients are not rewritten.
+(the paper's "KR-Dense"). ε starts at the first batch's mean |g|. The paper initialises it
+"with the mean value of parameters distribution", but parameters sit orders of magnitude above
+gradients (mean |θ| ≈ 0.09 against mean |g| ≈ 0.0015, resnet8 ×0.5 at init): started there, ε
+sits clamped at max|g| and zeroes nearly every gradient for about the first 30 steps. Each
+step ε then moves toward that step's mean |g| (ε ← 0.9·ε + 0.1·mean|g|) and is clamped to
+[min|g|, max|g|], so it always lies inside the range of the gradients it filters. The adapters
+are not student weights: their gradients are not rewritten.
 
-The two updates alternate every batch (Algorithm 1). Hyperparameters: c, γ, λ, ``agg_lr`` and
-the common ``lr``.
+The two updates alternate every batch (Algorithm 1). Hyperparameters: c, γ, λ, ``agg_lr``,
+``posterior`` and the common ``lr``.
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +69,7 @@ from pydantic import Field
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock
 
+from kdtune.data import resolve_classes
 from kdtune.spec import SpecError
 from kdtune.methods._base import Method, MethodParams
 from kdtune.methods._features import (
@@ -79,6 +90,8 @@ class KRParams(MethodParams):
     gamma: float = Field(1.0, ge=0, description="weight of the transport term in Eq. 9")
     lam: float = Field(1e-3, ge=0, description="sparse recoding strength (0: KR-Dense)")
     agg_lr: float = Field(0.1, gt=0, description="learning rate of the aggregation optimiser")
+    # L(yᵗ, yˢ) of Eq. 1–2: CE against the teacher's softmax (the paper) or the labels
+    posterior: Literal["teacher", "labels"] = "teacher"
 
 
 def phi0(g: Tensor, eps: float | Tensor) -> Tensor:
@@ -110,7 +123,38 @@ class AggBlock(nn.Module):
 
 
 def soft_ce(logits: Tensor, target_logits: Tensor) -> Tensor:
+    """Cross-entropy of softmax(logits) against softmax(target_logits), mean over the batch."""
     return -(F.softmax(target_logits.float(), 1) * F.log_softmax(logits.float(), 1)).sum(1).mean()
+
+
+def teacher_posterior(logits: Tensor, t_logits: Tensor, index: Tensor) -> Tensor:
+    """Eq. 1's L(yᵗ, yˢ) as cross-entropy: the teacher's logits at the student's classes."""
+    return soft_ce(logits, t_logits.index_select(1, index.to(t_logits.device)))
+
+
+@contextmanager
+def kept_statistics(module: nn.Module):
+    """Run ``module`` (train mode) without moving its buffers (BatchNorm running statistics)."""
+    saved = [b.detach().clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, s in zip(module.buffers(), saved):
+                b.copy_(s)
+
+
+def student_in_teacher(spec) -> bool | None:
+    """Whether the spec's student classes lie inside the teacher's (None: unknown here)."""
+    t, s = spec.teacher.classes, spec.student.classes
+    if spec.teacher.checkpoint:
+        return None  # the checkpoint's metadata holds its classes
+    if t == "all":
+        return True
+    if s == "all":
+        return None
+    n = 1 << 30  # explicit ids and {first: k} resolve without the dataset's class count
+    return set(resolve_classes(s, n)) <= set(resolve_classes(t, n))
 
 
 def teacher_blocks(spec) -> int | None:
@@ -131,7 +175,7 @@ def teacher_blocks(spec) -> int | None:
 
 @METHODS.register("kr")
 class KR(Method):
-    terms = ("match", "eps", "kept", "agg_posterior", "agg_transport")
+    terms = ("match", "posterior", "eps", "kept", "agg_posterior", "agg_transport")
     name = "kr"
     Params = KRParams
     teacher_needs = ()  # train_step runs the teacher block by block itself
@@ -139,10 +183,20 @@ class KR(Method):
     class_relation = "any"  # the student never reads the teacher's logits
     has_train_step = True
 
+    def ce_weight(self) -> float:
+        return 1.0 if self.p.posterior == "labels" else 0.0  # teacher posterior: label-free
+
     def check(self, spec) -> None:
         key = "kr.c" if spec.prefixed else "c"
         space = method_space("kr")
         c = spec.params.get(key, space.params["c"].default if "c" in space.params else self.p.c)
+        pkey = "kr.posterior" if spec.prefixed else "posterior"
+        post = spec.params.get(pkey, space.params["posterior"].default
+                               if "posterior" in space.params else self.p.posterior)
+        if post == "teacher" and student_in_teacher(spec) is False:
+            raise SpecError(f"params.{pkey}: teacher needs student.classes inside "
+                            "teacher.classes (the teacher's softmax over the student's classes); "
+                            "use posterior: labels for another class relation")
         n = teacher_blocks(spec)
         if not isinstance(c, int) or c < 1:
             raise SpecError(f"params.{key}: must be an integer >= 1 (got {c!r})")
@@ -184,7 +238,11 @@ class KR(Method):
         adapters = nn.ModuleList(
             adapter(channels(s_outs[j]), channels(t_outs[self.ends[k]]), 1, s_outs[j].dim() == 2)
             for k, j in self.pairs)
-        self.eps = torch.cat([p.detach().abs().flatten() for p in student.parameters()]).mean()
+        if self.p.posterior == "teacher" and ctx.teacher_index is None:
+            raise ValueError("kr: posterior 'teacher' needs the student's classes inside the "
+                             "teacher's; use posterior: labels")
+        self.index = ctx.teacher_index
+        self.eps: Tensor | None = None  # set from the first batch's gradients (recode)
         self.last: dict[str, Tensor] = {}
         self.extras = nn.ModuleDict({"agg": agg, "adapters": adapters})
         return self.extras
@@ -196,18 +254,29 @@ class KR(Method):
         return [student, agg]  # the first one's lr is the one the engine reports
 
     # ---- the two alternating updates
+    def agg_forward(self, t_stem: Tensor) -> list[Tensor]:
+        """The aggregated network's outputs at each segment end, from the teacher's stem."""
+        h, feats = t_stem, []
+        for blk in self.extras["agg"]:
+            h = blk(h)
+            feats.append(h)
+        return feats
+
+    def agg_terms(self, teacher: nn.Module, t_stem: Tensor, t_outs: list[Tensor],
+                  t_logits: Tensor) -> tuple[dict[str, Tensor], list[Tensor]]:
+        """Eq. 9 terms (from the teacher's block outputs) and the aggregated outputs."""
+        feats, transport = self.agg_forward(t_stem), 0.0
+        for k, h in enumerate(feats):
+            d = (h.float() - t_outs[self.ends[k]].float()).flatten(1)
+            transport = transport + self.mu[k] * (d.pow(2).sum(1) + 1e-12).sqrt().mean()
+        post = soft_ce(teacher.fc(teacher.embed(feats[-1])), t_logits)
+        return {"agg_posterior": post, "agg_transport": transport}, feats
+
     def aggregate(self, teacher: nn.Module, x: Tensor) -> tuple[dict[str, Tensor], list[Tensor]]:
         """Eq. 9 terms and the aggregated network's outputs at each segment end."""
         with torch.no_grad():
-            t_stem, t_outs, t_logits = block_forward(teacher, x)
-        h, feats, transport = t_stem, [], 0.0
-        for k, blk in enumerate(self.extras["agg"]):
-            h = blk(h)
-            feats.append(h)
-            d = (h.float() - t_outs[self.ends[k]].float()).flatten(1)
-            transport = transport + self.mu[k] * (d.pow(2).sum(1) + 1e-12).sqrt().mean()
-        post = soft_ce(teacher.fc(teacher.embed(h)), t_logits)
-        return {"agg_posterior": post, "agg_transport": transport}, feats
+            t = block_forward(teacher, x)
+        return self.agg_terms(teacher, *t)
 
     def match(self, s_outs: list[Tensor], feats: list[Tensor]) -> Tensor:
         ad = self.extras["adapters"]
@@ -221,7 +290,8 @@ class KR(Method):
         grads = [p.grad for p in params if p.grad is not None]
         a = torch.cat([g.abs().flatten() for g in grads])
         lo, hi = a.min(), a.max()
-        self.eps = torch.clamp((1 - EPS_MOMENTUM) * self.eps.to(a) + EPS_MOMENTUM * a.mean(), lo, hi)
+        prev = a.mean() if self.eps is None else self.eps.to(a)  # first batch: start at mean |g|
+        self.eps = torch.clamp((1 - EPS_MOMENTUM) * prev + EPS_MOMENTUM * a.mean(), lo, hi)
         self.last = {"eps": self.eps, "min": lo, "max": hi}
         kept = (a >= self.eps).float().mean()
         if self.p.lam > 0:
@@ -232,18 +302,28 @@ class KR(Method):
 
     def train_step(self, ctx, batch) -> dict[str, Tensor]:
         opt_s, opt_a = ctx.optimizers
+        with torch.no_grad(), autocast(ctx.device):
+            t_stem, t_outs, t_logits = block_forward(ctx.teacher, batch.x)
         with autocast(ctx.device):
-            agg_terms, feats = self.aggregate(ctx.teacher, batch.x)
+            agg_terms, _ = self.agg_terms(ctx.teacher, t_stem, t_outs, t_logits)
             agg_loss = agg_terms["agg_posterior"] + self.p.gamma * agg_terms["agg_transport"]
         opt_a.zero_grad(set_to_none=True)
         agg_loss.backward()
         opt_a.step()
+        # Algorithm 1 optimises Wˢ against W̃ᵗ as just updated: recompute the target (same mode,
+        # batch statistics) but leave the running statistics as one forward per step left them.
+        agg = self.extras["agg"]
+        with torch.no_grad(), autocast(ctx.device), kept_statistics(agg):
+            feats = self.agg_forward(t_stem)
 
         with autocast(ctx.device):
             _, s_outs, logits = block_forward(ctx.student, batch.x)
             terms = {"match": self.match(s_outs, feats)}
             total = terms["match"]
-            if batch.y is not None:
+            if self.p.posterior == "teacher":
+                terms["posterior"] = teacher_posterior(logits, t_logits, self.index)
+                total = total + terms["posterior"]
+            else:
                 terms["ce"] = F.cross_entropy(logits.float(), batch.y)
                 total = total + terms["ce"]
         opt_s.zero_grad(set_to_none=True)
@@ -256,7 +336,7 @@ class KR(Method):
 
     # ---- checkpoint
     def state_dict(self) -> dict:
-        return {"eps": float(self.eps)} if hasattr(self, "eps") else {}
+        return {"eps": float(self.eps)} if getattr(self, "eps", None) is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
         if "eps" in state:

@@ -11,13 +11,17 @@ One step: the copy's forward (train mode) gives its CE and its taps; the student
     L_s = β·( Σ_g mean((A_g(s_g) − t_g)²) + (1/N) Σ_i ‖s_i − t_i‖² ) + α·CE(s, y)
 against those taps, detached (the copy's outputs of this step, before its own update). The
 logit term is KF's L_KD (§3.1: squared error summed over classes, mean over the batch); a
-feature map term is a mean over all its elements. ``points: groups`` matches every student
-group and the logits (the paper: "outputs at each residual block", we match per group, i.e.
-per residual stage), ``points: logits`` the logits only.
+feature map term is a mean over all its elements. Where g runs is ``points``:
 
-Our choices where the paper is silent: student group i (of n_s) is paired with teacher group
+- ``blocks`` (default, the paper's §5.4: the student matches "outputs at each residual block"):
+  every block of ``model.blocks()`` (a residual block, or a conv/MLP layer in plain nets), read
+  by running stem → blocks → head one block at a time (``block_forward``: exactly the forward);
+- ``groups``: every group output (a residual stage: a coarser, cheaper reading);
+- ``logits``: the logits only.
+
+Our choices where the paper is silent: student point i (of n_s) is paired with teacher point
 ``round((i + 1)·n_t / n_s) − 1`` (the last with the last, the rest spread evenly); ``A_g`` is a
-1×1 conv (a Linear for vector groups) where channel counts differ, else the identity; a student
+1×1 conv (a Linear for vector outputs) where channel counts differ, else the identity; a student
 map of another spatial size is average-pooled (larger) or bilinearly resized (smaller) to the
 teacher's. α = 0 (the paper's student objective is matching only) by default; labels are read
 either way, by the teacher copy.
@@ -33,6 +37,7 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from kdtune.methods._base import Method, MethodParams
+from kdtune.methods._features import block_forward
 from kdtune.methods.pretrained import restricted_copy
 from kdtune.registry import METHODS
 from kdtune.training.ops import make_optimizer
@@ -41,7 +46,7 @@ from kdtune.training.ops import evaluate
 
 
 def pair_groups(n_student: int, n_teacher: int) -> list[int]:
-    """Teacher group index for each student group: last with last, spread evenly."""
+    """Teacher point (group or block) index for each student point: last with last, spread evenly."""
     return [max(0, round((i + 1) * n_teacher / n_student) - 1) for i in range(n_student)]
 
 
@@ -65,7 +70,8 @@ def adapter(s_shape: torch.Size, t_shape: torch.Size) -> nn.Module:
 class SimultaneousParams(MethodParams):
     teacher_lr: float = Field(0.01, gt=0)  # learning rate of the teacher copy
     beta: float = Field(1.0, gt=0)  # weight of the matching terms
-    points: Literal["groups", "logits"] = "groups"  # groups = every group + the logits
+    # blocks / groups = every residual block / group + the logits (blocks: KF §5.4)
+    points: Literal["blocks", "groups", "logits"] = "blocks"
     alpha: float = Field(0.0, ge=0)  # student CE weight; 0 = matching only (the paper)
 
 
@@ -90,13 +96,13 @@ class Simultaneous(Method):
             raise ValueError("simultaneous needs a teacher whose classes include the student's")
         copy = restricted_copy(teacher, ctx.teacher_index).train()
         extras = nn.ModuleDict({"teacher": copy})
-        if self.p.points == "groups":
+        if self.p.points != "logits":
             x = torch.zeros(2, ctx.data.in_channels, ctx.data.input_size, ctx.data.input_size,
                             device=next(student.parameters()).device)
             was = student.training
             with torch.no_grad():  # eval: shapes only, BN statistics untouched
-                s_g = student.eval().forward_taps(x)["groups"]
-                t_g = copy.eval().forward_taps(x)["groups"]
+                s_g = self.forward_points(student.eval(), x)[self.p.points]
+                t_g = self.forward_points(copy.eval(), x)[self.p.points]
             student.train(was)
             copy.train()
             self.pairs = pair_groups(len(s_g), len(t_g))
@@ -111,16 +117,24 @@ class Simultaneous(Method):
                                      ctx.common.model_copy(update={"lr": self.p.teacher_lr}))
         return [student_opt, teacher_opt]  # [0] is the student's (the engine reports its lr)
 
+    def forward_points(self, model: nn.Module, x: Tensor) -> dict[str, Any]:
+        """``logits`` plus the outputs at the matching points (``groups`` or ``blocks``)."""
+        if self.p.points == "blocks":
+            _, outs, logits = block_forward(model, x)
+            return {"logits": logits, "blocks": outs}
+        return taps(model, x, ("logits", "groups") if self.p.points == "groups" else ("logits",))
+
     def loss(self, batch, s_out, t_out, extras) -> dict[str, Tensor]:
         """Matching terms of the student against the teacher copy's taps ``t_out``."""
         out: dict[str, Tensor] = {}
         total = (s_out["logits"].float() - t_out["logits"].float()).pow(2).sum(1).mean()
         out["match/logits"] = total
-        if self.p.points == "groups":
+        if self.p.points != "logits":
+            key, name = self.p.points, self.p.points[:-1]  # "blocks" → match/block<i>
             for i, (j, a) in enumerate(zip(self.pairs, extras["adapters"])):
-                t = t_out["groups"][j].float()
-                s = resize_to(a(s_out["groups"][i]).float(), tuple(t.shape[2:]))
-                out[f"match/group{i}"] = term = (s - t).pow(2).mean()
+                t = t_out[key][j].float()
+                s = resize_to(a(s_out[key][i]).float(), tuple(t.shape[2:]))
+                out[f"match/{name}{i}"] = term = (s - t).pow(2).mean()
                 total = total + term
         out["loss"] = self.p.beta * total
         return out
@@ -128,11 +142,11 @@ class Simultaneous(Method):
     def train_step(self, ctx, batch) -> dict[str, Tensor]:
         copy = ctx.extras["teacher"]
         with autocast(ctx.device):
-            t_out = copy.forward_taps(batch.x)
+            t_out = self.forward_points(copy, batch.x)
             teacher_ce = F.cross_entropy(t_out["logits"].float(), batch.y)
-            s_out = taps(ctx.student, batch.x, self.student_needs)
-            detached = {"logits": t_out["logits"].detach(),
-                        "groups": [g.detach() for g in t_out["groups"]]}
+            s_out = self.forward_points(ctx.student, batch.x)
+            detached = {k: [g.detach() for g in v] if isinstance(v, list) else v.detach()
+                        for k, v in t_out.items()}
             terms = self.loss(batch, s_out, detached, ctx.extras)
             total = terms.pop("loss")
             if self.p.alpha > 0:
