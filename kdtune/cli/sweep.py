@@ -25,11 +25,19 @@ def run(spec: Path = typer.Argument(..., help="Spec YAML (see examples/)."),
                                     "finished trials stay, unfinished ones restart from their "
                                     "last checkpoint."),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and search space; "
-                                     "start nothing.")) -> None:
-    """Search a spec's hyperparameters with Ray Tune; writes <storage>/<name>/best.yaml."""
+                                     "start nothing."),
+        verbose: bool = typer.Option(False, "--verbose", help="Also show Ray's, Tune's and "
+                                     "MLflow's own messages (hidden by default).")) -> None:
+    """Search a spec's hyperparameters with Ray Tune; writes <storage>/<name>/best.yaml.
+
+    Shows a live progress panel on a terminal; elsewhere (CI, logs, pipes) a status line every
+    30 s (KDTUNE_PROGRESS_S sets the seconds) and one line per finished trial."""
     from kdtune import api  # lazy: torch, Ray and MLflow load only for the command that runs
     from kdtune.checks import load_spec  # lazy: as above
     from kdtune.tune.plan import plan_sweep  # lazy: as above
+    from kdtune.tune.quiet import quiet  # lazy: as above
+
+    quiet(verbose)  # before MLflow's store opens (it announces its tables) and Ray starts
 
     s = load_spec(spec, set_)
     if dry_run:
@@ -43,7 +51,7 @@ def run(spec: Path = typer.Argument(..., help="Spec YAML (see examples/)."),
     from kdtune.tune.guard import SweepFailing  # lazy: as above
 
     try:
-        result = api.sweep(s, resume=resume, log=say)
+        result = api.sweep(s, resume=resume, log=say, verbose=verbose)
     except SweepFailing as e:
         fail(str(e), code=1)
     console.print(_top_table(result))
