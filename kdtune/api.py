@@ -8,6 +8,8 @@ starts. See ``docs/api.md``.
 
 from __future__ import annotations
 
+import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,10 +19,13 @@ from kdtune.checks import load_spec
 from kdtune.params.walk import resolve_params
 from kdtune.promotion import promote as _promote
 from kdtune.spec.paths import CHECKPOINT, train_dir
-from kdtune.spec.schema import Spec
+from kdtune.spec import parse_spec
+from kdtune.spec.schema import Spec, SpecError
 from kdtune.tracking.client import resolve_uri
 from kdtune.tracking.preflight import check_tracking
 from kdtune.tracking.query import best_trials, write_best_yaml
+from kdtune.tracking.summary import (optuna_storage_url, summarize_sweep,
+                                     write_sweep_report)
 from kdtune.training.checkpoint import save_state
 from kdtune.training.teacher import ensure_teacher, needs_teacher
 from kdtune.training.trial import run_trial
@@ -30,8 +35,8 @@ from kdtune.tune.run import SweepResult, TrialRow, run_sweep
 Log = Callable[[str], None]
 SpecLike = Spec | str | Path
 
-__all__ = ["BestTrials", "Promotion", "SweepResult", "TrainResult", "TrialRow", "best", "promote",
-           "sweep", "train"]
+__all__ = ["BestTrials", "Promotion", "SweepResult", "TrainResult", "TrialRow", "best",
+           "dashboard_command", "promote", "report", "sweep", "train"]
 
 
 def _spec(spec: SpecLike, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
@@ -91,14 +96,19 @@ def train(spec: SpecLike, *, seed: int | None = None, overrides: list[str] | tup
 
 # --------------------------------------------------------------------------- sweep
 def sweep(spec: SpecLike, *, resume: bool = False, overrides: list[str] | tuple[str, ...] = (),
-          tracking: bool = True, log: Log = print) -> SweepResult:
+          tracking: bool = True, log: Log = print, verbose: bool = False) -> SweepResult:
     """Run (or with ``resume`` continue) the sweep ``spec`` describes on Ray Tune, logging every
-    trial to MLflow (``tracking=False``: no MLflow). Writes ``<storage>/<name>/best.yaml``."""
+    trial to MLflow (``tracking=False``: no MLflow) and, at the end, the best trial, leaderboard
+    and plots on the sweep's parent run. Writes ``<storage>/<name>/best.yaml``. ``verbose``
+    shows Ray's, Tune's and MLflow's own messages too."""
     s = _spec(spec, overrides)
     callbacks = sweep_callbacks(s, resume, log=log) if tracking else []
     if callbacks:  # the tracking store answers (and takes writes) before Ray starts
         check_tracking(s)
-    return run_sweep(s, resume=resume, callbacks=callbacks, log=log)
+    result = run_sweep(s, resume=resume, callbacks=callbacks, log=log, verbose=verbose)
+    if callbacks:  # the answer on the parent run: best metric, params, leaderboard, plots
+        summarize_sweep(result, log=log)
+    return result
 
 
 # --------------------------------------------------------------------------- best
@@ -174,3 +184,28 @@ def promote(spec: SpecLike | None = None, *, sweep: str | None = None, run_id: s
     return Promotion(**{k: out[k] for k in ("name", "version", "alias", "uri", "run_id",
                                             "model_uri", "value", "test_acc")},
                      tracking_uri=uri)
+
+
+# --------------------------------------------------------------------------- report, dashboard
+def report(spec: SpecLike | None = None, *, sweep: str | None = None,
+           tracking_uri: str | None = None, out: str | Path | None = None) -> Path:
+    """Write one self-contained HTML report of a sweep (default: the spec's, else the newest)
+    from MLflow: leaderboard, plots, each method's best configuration. Default file:
+    ``<storage>/<name>/report.html``. Returns its path."""
+    uri, s = _store(spec, tracking_uri)
+    return write_sweep_report(uri, sweep or (s.name if s else None), out, s)
+
+
+def dashboard_command(spec: SpecLike | None = None, *, port: int = 8080) -> list[str]:
+    """The ``optuna-dashboard`` command line for the sweeps' Optuna studies, on 127.0.0.1."""
+    s = _spec(spec) if spec is not None else parse_spec({})
+    url = optuna_storage_url(s)
+    if url is None:
+        raise SpecError("tracking.uri: the tracking store is a server, so the Optuna studies are "
+                        "kept only where KDTUNE_OPTUNA_STORAGE names a database (e.g. "
+                        "postgresql://…/optuna): set it for the sweep and for this command")
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
+        raise SpecError(f"storage: no Optuna studies at {url} yet (run `kdtune sweep run` first)")
+    exe = Path(sys.executable).with_name("optuna-dashboard")
+    cmd = [str(exe)] if exe.is_file() else [shutil.which("optuna-dashboard") or "optuna-dashboard"]
+    return cmd + [url, "--host", "127.0.0.1", "--port", str(port)]

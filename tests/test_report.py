@@ -154,3 +154,15 @@ def test_write_report(tmp_path: Path) -> None:
     assert 'id="best-empty"' in markup
     best_row = r'<tr class="[^"]*\bbest\b[^"]*"><td class="num">1</td><td>' + best.name
     assert re.search(best_row, markup)
+
+
+def test_ranked_is_the_sweeps_one_ranking() -> None:
+    from kdtune.tune.results import ranked as sweep_ranked
+
+    recs = [TrialRecord("kd_005", 5, 0.8, 2, "completed"), TrialRecord("kd_001", 1, None, 1, "error"),
+            TrialRecord("kd_002", 2, 0.8, 2, "completed"), TrialRecord("kd_003", 3, 0.9, 2, "stopped"),
+            TrialRecord("kd_004", 4, float("nan"), 2, "completed")]
+    order = [r.name for r in ranked(recs, "max")]
+    assert order == ["kd_003", "kd_002", "kd_005", "kd_001", "kd_004"]  # ties: the earlier trial
+    assert order[:3] == [r.name for r in sweep_ranked(recs, lambda r: r.value, lambda r: r.name, "max")]
+    assert [r.name for r in ranked(recs, "min")][:3] == ["kd_002", "kd_005", "kd_003"]

@@ -15,6 +15,7 @@ import typer
 from rich.table import Table
 
 from kdtune.cli.cluster import register as register_cluster
+from kdtune.cli.report import register as register_report
 from kdtune.cli.sweep import sweep_app
 from kdtune.cli.tracking import register as register_tracking
 from kdtune.cli.common import SetOpt, console, fmt, guarded, say
@@ -108,6 +109,7 @@ def spec_docs() -> None:
 app.add_typer(sweep_app, name="sweep")
 register_tracking(app, sweep_app)
 register_cluster(sweep_app)
+register_report(app)
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
+from kdtune.tune import results
+
 STATUSES = ("completed", "stopped", "error", "running")
 
 # A float parameter spanning more than this factor (all values > 0) was most likely sampled
@@ -49,13 +51,15 @@ def check_mode(mode: str) -> str:
 
 
 def ranked(records: Iterable[TrialRecord], mode: str) -> list[TrialRecord]:
-    """Records best first: those with a value by value, then the rest by trial number."""
+    """Records best first: those with a value by ``kdtune.tune.results.ranked`` (the sweep's
+    one ranking: ties go to the lower trial number), then the rest by trial number."""
     check_mode(mode)
-    records = list(records)
-    sign = -1.0 if mode == "max" else 1.0
-    valued = sorted((r for r in records if r.has_value), key=lambda r: (sign * r.value, r.number))
-    rest = sorted((r for r in records if not r.has_value), key=lambda r: r.number)
-    return valued + rest
+    # sorted by number first: the shared ranking's sort is stable, so names without a number
+    # still tie-break by the record's own number
+    by_number = sorted(records, key=lambda r: r.number)
+    valued = results.ranked(by_number, lambda r: r.value, lambda r: r.name, mode)
+    kept = {id(r) for r in valued}
+    return valued + [r for r in by_number if id(r) not in kept]
 
 
 def best_record(records: Iterable[TrialRecord], mode: str) -> TrialRecord | None:
@@ -134,7 +138,12 @@ def study_from_records(records: Iterable[TrialRecord], metric: str, mode: str) -
     records = sorted(records, key=lambda r: r.number)
     dists = infer_distributions(records)
     direction = "maximize" if mode == "max" else "minimize"
-    study = optuna.create_study(direction=direction, study_name=f"kdtune-{metric}")
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "new study created" line
+    try:
+        study = optuna.create_study(direction=direction, study_name=f"kdtune-{metric}")
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     study.set_user_attr("metric", metric)
     study.set_user_attr("mode", mode)
     for r in records:

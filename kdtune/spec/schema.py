@@ -84,6 +84,11 @@ class SearchSpec(_Model):
                                        "cluster's resources fit")
     warm_start: list[str] = Field([], description="earlier sweeps (names in the tracking store) "
                                   "whose finished trials start the new study as observations")
+    student: dict[str, dict[str, Any]] = Field({}, description="a searched student architecture: "
+                                               "`model` (a choice) and keyword arguments, each a "
+                                               "range like a search-space parameter; a list-valued "
+                                               "argument is a named choice with `values:` "
+                                               "(docs/multi-objective.md)")
 
 
 class SchedulerSpec(_Model):
@@ -142,6 +147,16 @@ class CorruptionSpec(_Model):
         return v
 
 
+class Bound(_Model):
+    """A bound on one metric (a cost such as params_count or flops)."""
+
+    min: float | None = Field(None, description="lowest allowed value")
+    max: float | None = Field(None, description="highest allowed value")
+
+    def holds(self, v: float) -> bool:
+        return (self.min is None or v >= self.min) and (self.max is None or v <= self.max)
+
+
 class TrackingSpec(_Model):
     """The MLflow tracking store."""
 
@@ -169,9 +184,14 @@ class Spec(_Model):
     search: SearchSpec = Field(SearchSpec(), description="the sampler")
     scheduler: SchedulerSpec = Field(SchedulerSpec(), description="early stopping")
     resources: ResourcesSpec = Field(ResourcesSpec(), description="per-trial resources")
-    metric: str = Field("val_acc", description="what the sweep optimises: val_acc, val_loss, "
-                        "test_acc, or a loss term the method reports")
-    mode: Literal["max", "min"] = Field("max", description="maximise or minimise `metric`")
+    metric: str | list[str] = Field("val_acc", description="what the sweep optimises: val_acc, "
+                                    "val_loss, test_acc, a loss term the method reports; a list "
+                                    "(e.g. [val_acc, params_count]) is a multi-objective sweep")
+    mode: Literal["max", "min"] | list[Literal["max", "min"]] = Field(
+        "max", description="maximise or minimise each metric (a list for a list of metrics)")
+    constraints: dict[str, Bound] = Field({}, description="bounds on a trial's cost metrics, "
+                                          "e.g. {params_count: {max: 20000}}: infeasible samples "
+                                          "are rejected before they train and never ranked")
     storage: str = Field("./kdtune-results", description="results folder (a path, or a URI such "
                          "as s3://… shared by a cluster's nodes)")
     tracking: TrackingSpec = Field(TrackingSpec(), description="the MLflow store")
@@ -196,6 +216,16 @@ class Spec(_Model):
         return v
 
     @model_validator(mode="after")
+    def _objectives_shape(self) -> "Spec":
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        modes = self.mode if isinstance(self.mode, list) else [self.mode] * len(metrics)
+        if not metrics or len(set(metrics)) != len(metrics):
+            raise ValueError("metric: a list of metrics must be non-empty with no repeats")
+        if len(modes) != len(metrics):
+            raise ValueError(f"mode: give one mode per metric ({len(metrics)}), e.g. [max, min]")
+        return self
+
+    @model_validator(mode="after")
     def _compose_shape(self) -> "Spec":
         if self.compose is not None:
             if len(self.compose) < 2:
@@ -211,6 +241,28 @@ class Spec(_Model):
         if self.compose:
             return list(self.compose)
         return list(self.method) if isinstance(self.method, list) else [self.method]
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """(metric, mode) of every objective; the first is what ASHA schedules on and what
+        "the most accurate trial" means in a multi-objective sweep."""
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        modes = self.mode if isinstance(self.mode, list) else [self.mode] * len(metrics)
+        return list(zip(metrics, modes))
+
+    @property
+    def objective(self) -> str:
+        """The first (or only) metric."""
+        return self.objectives[0][0]
+
+    @property
+    def direction(self) -> str:
+        """The first (or only) mode."""
+        return self.objectives[0][1]
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def prefixed(self) -> bool:

@@ -16,11 +16,15 @@ from torch import nn
 from kdtune.methods import Method
 from kdtune.models import count_params, create_model
 from kdtune.training.checkpoint import state_dict
+from kdtune.training.cost import costs
 from kdtune.training.context import Report, TrialContext, seed_everything
 from kdtune.training.ops import default_step, evaluate, make_optimizer, make_schedule, run_epoch
 
 # What the engine reports every main epoch (a method's terms come on top: Method.terms).
-ENGINE_METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "epoch", "lr", "params_count")
+ENGINE_METRICS = ("val_acc", "val_loss", "test_acc", "test_loss", "epoch", "lr", "params_count",
+                  "flops", "size_mb")
+# Cost metrics a multi-objective sweep may minimise (latency_ms is measured after the sweep).
+COST_METRICS = ("params_count", "flops", "size_mb", "latency_ms")
 
 
 def build_student(ctx: TrialContext, method: Method) -> nn.Module:
@@ -68,7 +72,7 @@ def train(ctx: TrialContext, method: Method, report: Report, *, epochs: int,
         for sch, s in zip(schedules, restore["schedules"]):
             sch.load_state_dict(s)
     step = (lambda c, m, b: m.train_step(c, b)) if method.has_train_step else default_step
-    params_count = count_params(ctx.student, nonzero=True)
+    cost = costs(ctx.student, ctx.data.in_channels, ctx.data.input_size)
     val = ctx.loader("val")
     final: dict[str, float] = {}
     for epoch in range(start, epochs):
@@ -84,9 +88,9 @@ def train(ctx: TrialContext, method: Method, report: Report, *, epochs: int,
         metrics["val_acc"], metrics["val_loss"] = evaluate(ctx.student, val, ctx.device)
         metrics["epoch"] = epoch + 1
         metrics["lr"] = ctx.optimizers[0].param_groups[0]["lr"]
-        metrics["params_count"] = params_count
+        metrics.update(cost)
         if epoch == epochs - 1:
-            metrics["params_count"] = count_params(ctx.student, nonzero=True)
+            metrics.update(costs(ctx.student, ctx.data.in_channels, ctx.data.input_size))
             metrics["test_acc"], metrics["test_loss"] = evaluate(ctx.student, ctx.loader("test"), ctx.device)
             for kind, level in eval_corruption:
                 acc, _ = evaluate(ctx.student, ctx.loader("test", corruption=(kind, level)), ctx.device)

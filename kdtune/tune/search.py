@@ -78,7 +78,9 @@ def make_searcher(spec: Spec, space: SweepSpace | None = None, log: Callable[[st
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     space = space or SweepSpace(spec)
     searcher = MainEpochOptunaSearch(
-        space=define_by_run(space), metric=spec.metric, mode=spec.mode,
+        space=define_by_run(space),
+        metric=[m for m, _ in spec.objectives] if spec.multi_objective else spec.objective,
+        mode=[d for _, d in spec.objectives] if spec.multi_objective else spec.direction,
         sampler=make_sampler(spec), points_to_evaluate=space.default_points() or None,
         # one RDB study per sweep, named after it, for optuna-dashboard (None: in memory)
         storage=optuna_storage(spec), study_name=spec.name,
@@ -103,7 +105,8 @@ class MainEpochOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if self.metric in result and "epoch" in result:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        if all(m in result for m in metrics) and "epoch" in result:
             super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -114,4 +117,6 @@ class MainEpochOptunaSearch(OptunaSearch):
         if (not error and self.max_epochs and isinstance(epoch, (int, float))
                 and epoch < self.max_epochs):
             result = None  # OptunaSearch tells Optuna PRUNED for a result without the metric
+            # Optuna has no PRUNED for several objectives: an unfinished trial is no Pareto point
+            error = isinstance(self.metric, list)
         super().on_trial_complete(trial_id, result=result, error=error)

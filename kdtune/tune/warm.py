@@ -48,9 +48,10 @@ def observations(spec: Spec, log: Log = print) -> list[FrozenTrial]:
         except SpecError:
             raise SpecError(f"search.warm_start: no sweep {sweep!r} in the tracking store "
                             "(see `kdtune sweep list`)") from None
-        if (found["metric"], found["mode"]) != (spec.metric, spec.mode):
+        if (found["metric"], found["mode"]) != (spec.objective, spec.direction) or spec.multi_objective:
             raise SpecError(f"search.warm_start: sweep {sweep!r} optimised {found['mode']} "
-                            f"{found['metric']}, this one {spec.mode} {spec.metric}")
+                            f"{found['metric']}, this one {spec.direction} {spec.objective}"
+                            + (" and more objectives" if spec.multi_objective else ""))
         for t in found["trials"]:
             params, dists = {}, {}
             for k, v in t["params"].items():
