@@ -23,20 +23,21 @@ from kdtune.spec import parse_spec
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.tracking.client import resolve_uri
 from kdtune.tracking.preflight import check_tracking
-from kdtune.tracking.query import best_trials, write_best_yaml
+from kdtune.tracking.query import best_trials, pareto, write_best_yaml
 from kdtune.tracking.summary import (optuna_storage_url, summarize_sweep,
                                      write_sweep_report)
 from kdtune.training.checkpoint import save_state
 from kdtune.training.teacher import ensure_teacher, needs_teacher
 from kdtune.training.trial import run_trial
 from kdtune.tune.callbacks import sweep_callbacks
+from kdtune.tune.latency import measure as measure_latency
 from kdtune.tune.run import SweepResult, TrialRow, run_sweep
 
 Log = Callable[[str], None]
 SpecLike = Spec | str | Path
 
 __all__ = ["BestTrials", "Promotion", "SweepResult", "TrainResult", "TrialRow", "best",
-           "dashboard_command", "promote", "report", "sweep", "train"]
+           "dashboard_command", "front", "promote", "report", "sweep", "train"]
 
 
 def _spec(spec: SpecLike, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
@@ -106,8 +107,9 @@ def sweep(spec: SpecLike, *, resume: bool = False, overrides: list[str] | tuple[
     if callbacks:  # the tracking store answers (and takes writes) before Ray starts
         check_tracking(s)
     result = run_sweep(s, resume=resume, callbacks=callbacks, log=log, verbose=verbose)
-    if callbacks:  # the answer on the parent run: best metric, params, leaderboard, plots
-        summarize_sweep(result, log=log)
+    if callbacks:
+        measure_latency(result, log=log)  # alone on the driver: trials share cores
+        summarize_sweep(result, log=log)  # the answer on the parent run: best, leaderboard, plots
     return result
 
 
@@ -143,13 +145,25 @@ def _store(spec: SpecLike | None, tracking_uri: str | None) -> tuple[str, Spec |
     return resolve_uri(s, tracking_uri), s
 
 
+def budget_of(max_params: float | None = None, max_latency_ms: float | None = None,
+              max_flops: float | None = None) -> dict[str, float]:
+    """A cost budget as metric maxima (None: no bound)."""
+    caps = {"params_count": max_params, "latency_ms": max_latency_ms, "flops": max_flops}
+    return {k: float(v) for k, v in caps.items() if v is not None}
+
+
 def best(spec: SpecLike | None = None, *, sweep: str | None = None, top: int = 1,
-         tracking_uri: str | None = None, write_yaml: bool = True) -> BestTrials:
+         tracking_uri: str | None = None, write_yaml: bool = True,
+         max_params: float | None = None, max_latency_ms: float | None = None,
+         max_flops: float | None = None) -> BestTrials:
     """The ``top`` trials of a sweep (default: the spec's sweep, else the newest in the store);
-    with ``write_yaml`` also ``best.yaml`` beside the sweep's results."""
+    with ``write_yaml`` also ``best.yaml`` beside the sweep's results (not for a budget query).
+    ``max_params``/``max_latency_ms``/``max_flops``: only trials within that budget (SpecError
+    when none is). In a multi-objective sweep the first is the most accurate trial on the front."""
     uri, s = _store(spec, tracking_uri)
-    out = best_trials(uri, sweep or (s.name if s else None), top)
-    path = write_best_yaml(uri, out) if write_yaml else None
+    budget = budget_of(max_params, max_latency_ms, max_flops)
+    out = best_trials(uri, sweep or (s.name if s else None), top, budget=budget)
+    path = write_best_yaml(uri, out) if write_yaml and not budget else None
     known = {k: out.pop(k) for k in ("sweep", "parent_run_id", "metric", "mode", "tracking_uri",
                                      "run_dir", "trials", "ranked", "top")}
     return BestTrials(**known, best_yaml=str(path) if path else None, extra=out)
@@ -176,14 +190,25 @@ class Promotion:
 
 def promote(spec: SpecLike | None = None, *, sweep: str | None = None, run_id: str | None = None,
             model_name: str | None = None, alias: str = "champion",
-            tracking_uri: str | None = None, log: Log = _quiet) -> Promotion:
-    """Register a sweep's best trial (or ``run_id``) as a new model version and set ``alias``."""
+            tracking_uri: str | None = None, max_params: float | None = None,
+            max_latency_ms: float | None = None, max_flops: float | None = None,
+            log: Log = _quiet) -> Promotion:
+    """Register a sweep's best trial (or ``run_id``) as a new model version and set ``alias``;
+    with a budget, the most accurate trial within it (SpecError when none fits)."""
     uri, s = _store(spec, tracking_uri)
     out = _promote(uri, sweep=sweep or (s.name if s and not run_id else None), run_id=run_id,
-                   model_name=model_name, alias=alias, log=log)
+                   model_name=model_name, alias=alias,
+                   budget=budget_of(max_params, max_latency_ms, max_flops), log=log)
     return Promotion(**{k: out[k] for k in ("name", "version", "alias", "uri", "run_id",
                                             "model_uri", "value", "test_acc")},
                      tracking_uri=uri)
+
+
+def front(spec: SpecLike | None = None, *, sweep: str | None = None,
+          tracking_uri: str | None = None) -> dict[str, Any]:
+    """The Pareto front of a sweep's full-length trials (``kdtune best --pareto``)."""
+    uri, s = _store(spec, tracking_uri)
+    return pareto(uri, sweep or (s.name if s else None))
 
 
 # --------------------------------------------------------------------------- report, dashboard

@@ -26,6 +26,7 @@ from kdtune.registry import DATASETS, MODELS, UnknownNameError
 from kdtune.spec.load import read_spec
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.training.checkpoint import read_meta
+from kdtune.training.cost import costs
 from kdtune.training.engine import ENGINE_METRICS
 from kdtune.training.teacher import needs_teacher
 
@@ -90,9 +91,14 @@ def check_spec(spec: Spec) -> None:
     shape = (int(raw.train_x.shape[1]), int(raw.train_x.shape[2]))
     if not ckpt and needs_teacher(spec):
         check_model("teacher", spec.teacher.model, spec.teacher.kwargs, len(t_cls), *shape)
-    if any(METHODS.get(m).build_student is Method.build_student for m in spec.methods):
-        # (finetune, prune, anti_distillation, pretrained build the student from the teacher)
+    own = [m for m in spec.methods if METHODS.get(m).build_student is not Method.build_student]
+    if spec.search.student and own:  # finetune, prune, anti_distillation, pretrained
+        raise SpecError(f"search.student: {', '.join(own)} builds the student from the teacher: "
+                        "its architecture cannot be searched (remove search.student)")
+    if not own and not spec.search.student:  # (a searched one is built per trial)
         check_model("student", spec.student.model, spec.student.kwargs, len(s_cls), *shape)
+        if spec.constraints:
+            check_constraints(spec, len(s_cls), *shape)
     check_metric(spec, build_method(spec, config))
     for m in spec.methods:  # method-specific limits (e.g. KR's c vs the teacher's depth)
         METHODS.get(m)().check(spec)
@@ -174,11 +180,30 @@ def check_metric(spec: Spec, method: Method) -> None:
     """``metric`` names something every trial reports (a method choice: each choice does)."""
     methods = [method] if spec.compose or len(spec.methods) == 1 else \
         [METHODS.get(m)() for m in spec.methods]
+    wanted = [("metric", name) for name, _ in spec.objectives] + \
+        [(f"constraints.{name}", name) for name in spec.constraints]
+    for field, metric in wanted:
+        if metric == "latency_ms":
+            raise SpecError(f"{field}: latency_ms is measured after the sweep (trials share cores): "
+                            "search on flops or params_count, then use `kdtune best --max-latency-ms`")
     for m in methods:
         names = reported_metrics(spec, m)
-        if not any(fnmatch.fnmatchcase(spec.metric, p) for p in names):
-            close = difflib.get_close_matches(spec.metric, names, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
-            who = getattr(m, "name", "") or "+".join(spec.methods)
-            raise SpecError(f"metric: {spec.metric!r} is never reported by {who}; {hint}"
-                            f"choose one of {', '.join(names)}")
+        for field, metric in wanted:
+            if not any(fnmatch.fnmatchcase(metric, p) for p in names):
+                close = difflib.get_close_matches(metric, names, n=1)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                who = getattr(m, "name", "") or "+".join(spec.methods)
+                raise SpecError(f"{field}: {metric!r} is never reported by {who}; {hint}"
+                                f"choose one of {', '.join(names)}")
+
+
+def check_constraints(spec: Spec, num_classes: int, in_channels: int, input_size: int) -> None:
+    """A fixed architecture that breaks ``constraints`` would make every trial infeasible."""
+    model = create_model(spec.student.model, num_classes, in_channels, input_size, **spec.student.kwargs)
+    c = costs(model, in_channels, input_size)
+    for k, b in spec.constraints.items():
+        if k in c and not b.holds(c[k]):
+            raise SpecError(f"constraints.{k}: the student ({spec.student.model} "
+                            f"{spec.student.kwargs}) has {k} {c[k]:g}, outside "
+                            f"{b.model_dump(exclude_none=True)}; search the architecture "
+                            "(search.student) or loosen the bound")

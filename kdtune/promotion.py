@@ -8,6 +8,7 @@ checkpoint rides along as an extra file so the version can serve as a teacher
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -29,6 +30,7 @@ from kdtune.training.context import student_data
 
 def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
             model_name: str | None = None, alias: str = "champion",
+            budget: dict[str, float] | None = None,
             log: Callable[[str], None] = print) -> dict[str, Any]:
     """Register a run's student (default: the newest sweep's best trial) and point ``alias`` at it.
 
@@ -46,7 +48,7 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
         except MlflowException:
             raise SpecError(f"--run-id: no run {run_id!r} in {uri}") from None
     else:
-        best = best_trials(uri, sweep, top=1)
+        best = best_trials(uri, sweep, top=1, budget=budget)  # SpecError when none fits
         if not best["top"]:
             raise SpecError(f"sweep {best['sweep']!r}: no trial reported {best['metric']} yet: nothing to promote")
         run = c.get_run(best["top"][0]["run_id"])
@@ -77,6 +79,8 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
         # the fluent API logs the model into the run's experiment (a LoggedModel + the run's
         # outputs); the process's tracking URIs are put back afterwards
         prev = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+        # set_tracking_uri also writes $MLFLOW_TRACKING_URI: keep the environment as it was
+        env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         try:
@@ -94,6 +98,11 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
             # a registry URI that only followed the tracking URI goes back to following it
             # (setting it explicitly would pin later `models:/` loads to the old store)
             mlflow.set_registry_uri(prev[1] if prev[1] != prev[0] else None)
+            for k, v in env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     c.set_registered_model_alias(name, alias, mv.version)
     c.set_tag(rid, "kdtune.promoted", f"{name}/{mv.version}@{alias}")
     result = {"name": name, "version": mv.version, "alias": alias, "uri": f"models:/{name}@{alias}",

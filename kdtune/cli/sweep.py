@@ -58,9 +58,9 @@ def run(spec: Path = typer.Argument(..., help="Spec YAML (see examples/)."),
     for t in result.errors:  # one line per trial (grep-able)
         say(f"failed {t.name}: {t.error or ''} ({t.path}/error.txt)")
     if result.best is None:
-        say(f"no trial reported {s.metric}; see the errors above")
+        say(f"no trial reported {s.objective}; see the errors above")
         raise typer.Exit(1)
-    say(f"best: {result.best.name} {s.metric} {result.best.value:.4f} "
+    say(f"best: {result.best.name} {s.objective} {result.best.value:.4f} "
         f"(epoch {result.best.epochs}/{s.epochs})")
     say(f"best.yaml: {result.best_yaml}")
     say(f"reproduce: kdtune train {result.best_yaml}")
@@ -88,8 +88,8 @@ def _top_table(result) -> Table:
     from kdtune.params.walk import display_params  # lazy: as above
 
     s = result.spec
-    table = Table("#", "trial", s.metric, "epochs", "status", "parameters",
-                  title=f"top {TOP} of {len(result.trials)} ({s.metric} at each trial's last epoch)")
+    table = Table("#", "trial", s.objective, "epochs", "status", "parameters",
+                  title=f"top {TOP} of {len(result.trials)} ({s.objective} at each trial's last epoch)")
     for i, t in enumerate(result.trials[:TOP], 1):
         value = "-" if t.value is None else f"{t.value:.4f}"
         table.add_row(str(i), t.name, value, f"{t.epochs}/{s.epochs}", t.status,

@@ -23,6 +23,9 @@ from kdtune.cli.common import console, fail, guarded, say, short
 SpecOpt = typer.Option(None, "--spec", help="A spec: its tracking store (and sweep name).")
 UriOpt = typer.Option(None, "--tracking-uri", help="The MLflow store or server (overrides --spec).")
 SweepOpt = typer.Option(None, "--sweep", help="Sweep (experiment) name; default: the newest sweep.")
+MaxParamsOpt = typer.Option(None, "--max-params", help="Only trials with params_count <= N.")
+MaxLatencyOpt = typer.Option(None, "--max-latency-ms", help="Only trials with latency_ms <= X "
+                             "(measured on the driver after the sweep).")
 
 
 def _store_errors(fn):
@@ -53,6 +56,9 @@ def _store(spec: Optional[Path], uri: Optional[str]):
 def best(sweep: Optional[str] = SweepOpt,
          top: int = typer.Option(1, "--top", min=1, help="How many trials to show."),
          as_json: bool = typer.Option(False, "--json", help="Print JSON (machine-readable)."),
+         pareto: bool = typer.Option(False, "--pareto", help="The non-dominated full-length "
+                                     "trials (accuracy against cost), best first."),
+         max_params: Optional[float] = MaxParamsOpt, max_latency_ms: Optional[float] = MaxLatencyOpt,
          spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = UriOpt) -> None:
     """The best trials of a sweep, from MLflow (metric at each trial's last reported epoch);
     writes best.yaml beside the sweep's results."""
@@ -61,12 +67,29 @@ def best(sweep: Optional[str] = SweepOpt,
     from kdtune import api  # lazy: MLflow and torch load only for the command that runs
 
     uri, s = _store(spec, tracking_uri)
-    res = api.best(s, sweep=sweep, top=top, tracking_uri=uri)
+    if pareto:
+        front = api.front(s, sweep=sweep, tracking_uri=uri)
+        if as_json:
+            typer.echo(json.dumps(front, indent=2, default=str))
+            return
+        names = [m for m, _ in front["objectives"]]
+        table = Table("trial", *names, "params", title=f"sweep {front['sweep']}: Pareto front "
+                      f"({', '.join(f'{d} {m}' for m, d in front['objectives'])})")
+        for r in front["front"]:
+            table.add_row(r["run_name"], *(f"{r[m]:.4g}" for m in names),
+                          " ".join(f"{k}={short(v)}" for k, v in r["params"].items()))
+        console.print(table)
+        return
+    res = api.best(s, sweep=sweep, top=top, tracking_uri=uri, max_params=max_params,
+                   max_latency_ms=max_latency_ms)
     out = res.to_dict()
     path = res.best_yaml
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))
         return
+    if len(out.get("objectives", [])) > 1:
+        say(f"multi-objective sweep: ranked by {out['metric']} among full-length trials (the "
+            "most accurate trial on the front first); `--pareto` shows the whole front")
     m = out["metric"]
     table = Table("rank", "trial", m, "epoch", "test_acc", "status", "params",
                   title=f"sweep {out['sweep']} ({out['mode']} {m}; {out['ranked']}/{out['trials']} trials scored)")
@@ -86,15 +109,20 @@ def promote(sweep: Optional[str] = SweepOpt,
                                                      "name (default: the sweep's name)."),
             alias: str = typer.Option("champion", "--alias", help="Alias set on the new version."),
             as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+            max_params: Optional[float] = MaxParamsOpt, max_latency_ms: Optional[float] = MaxLatencyOpt,
             spec: Optional[Path] = SpecOpt, tracking_uri: Optional[str] = UriOpt) -> None:
-    """Register the best trial's student (pt2) as a new model version and set an alias."""
+    """Register the best trial's student (pt2) as a new model version and set an alias (with a
+    budget: the most accurate trial within it)."""
     from kdtune import api  # lazy: MLflow and torch load only for the command that runs
 
     if sweep and run_id:
         fail("give --sweep or --run-id, not both")
     uri, s = _store(spec, tracking_uri)
+    if run_id and (max_params is not None or max_latency_ms is not None):
+        fail("give --run-id or a budget (--max-params, --max-latency-ms), not both")
     res = api.promote(s, sweep=sweep, run_id=run_id, model_name=model_name, alias=alias,
-                      tracking_uri=uri, log=(lambda _: None) if as_json else console.print)
+                      tracking_uri=uri, max_params=max_params, max_latency_ms=max_latency_ms,
+                      log=(lambda _: None) if as_json else console.print)
     out = res.to_dict()
     if as_json:
         typer.echo(json.dumps(out, indent=2, default=str))

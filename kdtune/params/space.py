@@ -31,9 +31,21 @@ class ParamSpace(_Space):
     choices: list[Any] | None = None
     default: Any
     when: dict[str, Any] | None = None  # {other_param: value or [values]}: only then sampled
+    # named choices for values Optuna cannot hold (lists): the trial's config holds the name,
+    # the model gets the value (`channels: {small: [16, 32], medium: [32, 64]}`)
+    values: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _choices_from_values(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("values") and data.get("choices") is None:
+            data = dict(data, choices=list(data["values"]))
+        return data
 
     @model_validator(mode="after")
     def _consistent(self) -> "ParamSpace":
+        if self.values is not None and (self.type != "categorical" or set(self.values) != set(self.choices or [])):
+            raise ValueError("`values` names the choices of a categorical: its keys are the choices")
         if self.type == "categorical":
             if not self.choices:
                 raise ValueError("categorical needs a non-empty `choices` list")

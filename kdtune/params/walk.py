@@ -110,6 +110,7 @@ class SweepSpace:
     def __init__(self, spec: Spec) -> None:
         self.spec = masked(spec)  # pickled with the searcher (tuner.pkl): no secret on disk
         self.common, self.spaces = spaces_for(spec)
+        self.student = student_space(spec)
         self.fixed = dict(spec.params)
         self.choice = list(spec.methods) if spec.prefixed and not spec.compose else None
         for name, space in [("_common", self.common), *self.spaces.items()]:
@@ -136,6 +137,10 @@ class SweepSpace:
             active = [chosen]
         else:
             active = list(self.spec.methods)
+        arch: dict[str, Any] = {}  # a searched student architecture, first: `student.<name>`
+        for k, p in self.student.items():
+            if p.active(arch):
+                arch[k] = take(f"{STUDENT}{k}", p, None)
         seen: dict[str, Any] = {METHOD_KEY: active[0]}
         for k, p in self.common.params.items():
             if p.active(seen):
@@ -153,7 +158,8 @@ class SweepSpace:
                 if p.active(own):
                     own[k] = take(param_key(self.spec, m, k), p, m)
             for k, v in self.fixed.items():  # a method's fixed-only knobs (not in its YAML)
-                if k in out or k in COMMON or k in (METHOD_KEY, *COMPOSE_SPACE.params):
+                if k in out or k in COMMON or k in (METHOD_KEY, *COMPOSE_SPACE.params) \
+                        or k.startswith(STUDENT):
                     continue
                 if split_key(self.spec, k)[0] in (None, m):
                     rows(Row(k, None, True, m))
@@ -190,6 +196,37 @@ class SweepSpace:
         return list(found.values())
 
 
+# --------------------------------------------------------------------------- the student
+STUDENT = "student."  # flat names of a searched architecture: student.model, student.width, …
+
+
+def student_space(spec: Spec) -> dict[str, ParamSpace]:
+    """``search.student`` as parameter spaces (SpecError naming the field for a bad one)."""
+    out = {}
+    for k, v in spec.search.student.items():
+        try:
+            out[k] = ParamSpace.model_validate(v)
+        except ValidationError as e:
+            raise SpecError(format_error(e, f"search.student.{k}.")) from None
+    return out
+
+
+def with_student(spec: Spec, config: dict[str, Any]) -> Spec:
+    """The spec a trial trains with: its sampled architecture (``student.*`` in its config) as
+    ``student.model``/``kwargs`` (named choices resolved to their values)."""
+    picked = {k[len(STUDENT):]: v for k, v in config.items() if k.startswith(STUDENT)}
+    if not picked:
+        return spec
+    space = student_space(spec)
+    model = picked.pop("model", spec.student.model)
+    kwargs = dict(spec.student.kwargs) if model == spec.student.model else {}
+    for k, v in picked.items():
+        p = space.get(k)
+        kwargs[k] = p.values[v] if p is not None and p.values else v
+    student = spec.student.model_copy(update={"model": model, "kwargs": kwargs})
+    return spec.model_copy(update={"student": student})
+
+
 def resolve_params(spec: Spec) -> dict[str, Any]:
     """The flat config `kdtune train` uses: paper defaults, overridden by ``spec.params``."""
     return SweepSpace(spec).defaults()
@@ -202,7 +239,7 @@ def split_config(spec: Spec, config: dict[str, Any]) -> tuple[CommonParams, dict
     own: dict[str, dict[str, Any]] = {m: {} for m in chosen}
     extra: dict[str, Any] = {}
     for k, v in config.items():
-        if k in COMMON or k == "method":
+        if k in COMMON or k == "method" or k.startswith(STUDENT):
             continue
         if spec.compose and k in COMPOSE_KEYS:
             extra[k] = v

@@ -17,7 +17,9 @@ from kdtune.spec.paths import BEST_FILE, SPEC_FILE, run_dir
 from kdtune.tracking.client import client
 from kdtune.tracking.schema import (CHECKPOINT_DIR, PARENT_TAG, ROLE, SWEEP, TEACHER_RUN_TAG,
                                     TRIAL_ID_TAG)
-from kdtune.tune.results import best_yaml_text, finite, ranked
+from kdtune.tune.results import best_yaml_text, finite, non_dominated, ranked
+
+COSTS = ("params_count", "flops", "size_mb", "latency_ms")
 
 
 def list_sweeps(uri: str, name: str | None = None) -> list[dict[str, Any]]:
@@ -61,21 +63,49 @@ def find_sweep(c, sweep: str | None = None):
     return runs[0]
 
 
-def best_trials(uri: str, sweep: str | None = None, top: int = 1) -> dict[str, Any]:
-    """The sweep's trials ranked by its metric at each trial's last reported epoch.
+def objectives(parent) -> list[tuple[str, str]]:
+    """(metric, mode) of each objective of a sweep, from its parent run's tags."""
+    text = parent.data.tags.get("kdtune.objectives")
+    if text:
+        return [tuple(x.rsplit(":", 1)) for x in text.split(",")]  # type: ignore[misc]
+    return [(parent.data.tags.get("kdtune.metric", "val_acc"), parent.data.tags.get("kdtune.mode", "max"))]
+
+
+def full_length(r) -> bool:
+    """A trial that ran its full epochs (FINISHED, not stopped early, not infeasible)."""
+    return (r.info.status == "FINISHED" and not r.data.tags.get("kdtune.stopped_early")
+            and not r.data.tags.get("kdtune.infeasible"))
+
+
+def within(r, budget: dict[str, float]) -> bool:
+    """A run whose cost metrics are at most the budget's (a missing cost does not fit)."""
+    return all((v := finite(r.data.metrics.get(k))) is not None and v <= cap for k, cap in budget.items())
+
+
+def best_trials(uri: str, sweep: str | None = None, top: int = 1,
+                budget: dict[str, float] | None = None) -> dict[str, Any]:
+    """The sweep's trials ranked by its (first) metric at each trial's last reported epoch.
 
     MLflow's ``metrics.<name>`` of a run is its latest value (the highest step = the last
-    epoch), which is exactly "the metric at the trial's last reported epoch".
+    epoch), which is exactly "the metric at the trial's last reported epoch". In a
+    multi-objective sweep only full-length trials are ranked (the most accurate trial on the
+    front comes first); ``budget`` ({"params_count": 20000, "latency_ms": 2}) keeps only the
+    trials within it.
     """
     c = client(uri)
     parent = find_sweep(c, sweep)
-    metric = parent.data.tags.get("kdtune.metric", "val_acc")
-    mode = parent.data.tags.get("kdtune.mode", "max")
+    objs = objectives(parent)
+    (metric, mode), multi = objs[0], len(objs) > 1
     children = _children(c, parent)
     # the ranking's ties go to the lower trial number; runs with the same number (or none)
     # keep start order, since the sort is stable
     by_start = sorted(children, key=lambda r: r.info.start_time or 0)
-    kids = ranked(by_start, lambda r: r.data.metrics.get(metric), lambda r: r.info.run_name, mode)
+    pool = [r for r in by_start if (not multi or full_length(r)) and within(r, budget or {})]
+    if budget and not pool:
+        shown = ", ".join(f"{k} <= {v:g}" for k, v in budget.items())
+        raise SpecError(f"budget: no trial of sweep {parent.data.tags.get('kdtune.sweep')!r} has "
+                        f"{shown} (see `kdtune best --pareto`)")
+    kids = ranked(pool, lambda r: r.data.metrics.get(metric), lambda r: r.info.run_name, mode)
     exp = c.get_experiment(parent.info.experiment_id)
     rows = []
     for i, r in enumerate(kids[: max(top, 0)]):
@@ -83,10 +113,12 @@ def best_trials(uri: str, sweep: str | None = None, top: int = 1) -> dict[str, A
                      "run_name": r.info.run_name, "status": r.info.status, metric: r.data.metrics[metric],
                      "value": r.data.metrics[metric], "test_acc": r.data.metrics.get("test_acc"),
                      "epoch": _last_step(c, r, metric), "params": _typed(r.data.params),
-                     "teacher_run_id": r.data.tags.get(TEACHER_RUN_TAG)})
+                     "teacher_run_id": r.data.tags.get(TEACHER_RUN_TAG),
+                     "costs": {k: r.data.metrics[k] for k in COSTS if k in r.data.metrics}})
     return {"sweep": exp.name, "parent_run_id": parent.info.run_id, "metric": metric, "mode": mode,
             "tracking_uri": uri, "run_dir": parent.data.tags.get("kdtune.run_dir"),
-            "trials": len(children), "ranked": len(kids), "top": rows}
+            "trials": len(children), "ranked": len(kids), "top": rows,
+            "objectives": [list(o) for o in objs], "budget": budget or {}}
 
 
 def run_spec(uri: str, run_id: str) -> Spec | None:
@@ -182,3 +214,23 @@ def finished_trials(uri: str, sweep: str) -> dict[str, Any]:
             continue
         out.append({"name": r.info.run_name, "params": _typed(r.data.params), "value": value})
     return {"metric": metric, "mode": parent.data.tags.get("kdtune.mode", "max"), "trials": out}
+
+
+def pareto(uri: str, sweep: str | None = None) -> dict[str, Any]:
+    """The non-dominated full-length trials of a (multi-objective) sweep, sorted by the first
+    objective (best first); for a one-metric sweep: the trade-off of its metric against
+    params_count."""
+    c = client(uri)
+    parent = find_sweep(c, sweep)
+    objs = objectives(parent)
+    if len(objs) == 1:
+        objs = [objs[0], ("params_count", "min")]
+    runs = [r for r in _children(c, parent) if full_length(r)]
+    front = non_dominated(runs, lambda r: [r.data.metrics.get(m) for m, _ in objs], [d for _, d in objs])
+    front = ranked(front, lambda r: r.data.metrics.get(objs[0][0]), lambda r: r.info.run_name, objs[0][1])
+    return {"sweep": c.get_experiment(parent.info.experiment_id).name, "objectives": [list(o) for o in objs],
+            "tracking_uri": uri, "front": [
+                {"run_id": r.info.run_id, "run_name": r.info.run_name,
+                 **{m: r.data.metrics[m] for m, _ in objs},
+                 "costs": {k: r.data.metrics[k] for k in COSTS if k in r.data.metrics},
+                 "params": _typed(r.data.params)} for r in front]}

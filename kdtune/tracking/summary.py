@@ -138,7 +138,7 @@ def _number(name: str, i: int) -> int:
 def records_from_sweep(result: Any, run_ids: dict[str, str] | None = None) -> list[TrialRecord]:
     """One record per row of a ``SweepResult`` (curves from each trial's ``result.json``);
     ``run_ids``: Tune trial id → MLflow run id."""
-    metric, run_ids = result.spec.metric, run_ids or {}
+    metric, run_ids = result.spec.objective, run_ids or {}
     return [TrialRecord(name=t.name, number=_number(t.name, i), value=finite(t.value),
                         epochs=t.epochs, status=t.status, params=dict(t.config),
                         curve=trial_curve(t.path, metric), run_id=run_ids.get(trial_id_of(t.path)))
@@ -238,7 +238,7 @@ def summarize_sweep(result: Any, log: Log = print) -> str | None:
 
 def _summarize(c, run_id: str, result: Any, log: Log) -> None:
     spec: Spec = result.spec
-    metric, mode = spec.metric, spec.mode
+    metric, mode = spec.objective, spec.direction
     parent = c.get_run(run_id)
     run_ids = {r.data.tags.get(TRIAL_ID_TAG): r.info.run_id for r in _children(c, parent)}
     records = records_from_sweep(result, run_ids)

@@ -322,8 +322,9 @@ class SweepWriter:
                 "kdtune.dataset": spec.data.name, "kdtune.method": "+".join(spec.methods),
                 "kdtune.version": __version__, "kdtune.run_dir": str(self.run_dir),
                 "kdtune.seed": str(spec.seed), "kdtune.search_seed": str(spec.search.seed),
-                "kdtune.split_seed": str(spec.data.split_seed), "kdtune.metric": spec.metric,
-                "kdtune.mode": spec.mode}
+                "kdtune.split_seed": str(spec.data.split_seed), "kdtune.metric": spec.objective,
+                "kdtune.mode": spec.direction,
+                "kdtune.objectives": ",".join(f"{m}:{d}" for m, d in spec.objectives)}
         commit = git_commit()
         if commit:
             tags["kdtune.git_commit"] = tags["mlflow.source.git.commit"] = commit

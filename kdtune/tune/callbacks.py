@@ -43,7 +43,7 @@ from kdtune.tune._ray_compat import result_rows, trial_folder
 from kdtune.tune.errors import error_reason, error_text
 from kdtune.tune.naming import trial_seed
 from kdtune.tune.run import best_spec, trial_name
-from kdtune.tune.trainable import FATAL_KEY
+from kdtune.tune.trainable import FATAL_KEY, INFEASIBLE_KEY
 
 # Keys Ray adds to every result: bookkeeping, not the trial's measurements.
 RAY_KEYS = frozenset({
@@ -94,6 +94,7 @@ class MLflowCallback(Callback):
         self._closed = False
         self._settled = False  # restored trials reconciled (once per driver)
         self._fatal = False  # a trial hit the spec's own error: the sweep ends FAILED
+        self._ended: set[str] = set()  # trials already ended by their result (infeasible)
 
     # ---- the experiment
     def setup(self, **info) -> None:
@@ -208,6 +209,12 @@ class MLflowCallback(Callback):
         if FATAL_KEY in result:
             self._end_fatal(trial, str(result[FATAL_KEY]))
             return
+        if INFEASIBLE_KEY in result:  # recorded as such, never ranked (no metric)
+            self.writer.trial_metrics(trial.trial_id, metrics_of(result))
+            self.writer.trial_tags(trial.trial_id, {"kdtune.infeasible": "true"})
+            self.writer.trial_end(trial.trial_id, "FAILED", reason=f"infeasible: {result[INFEASIBLE_KEY]}")
+            self._ended.add(trial.trial_id)
+            return
         self.writer.trial_metrics(trial.trial_id, metrics_of(result))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
@@ -233,6 +240,8 @@ class MLflowCallback(Callback):
         last = trial.last_result or {}
         if FATAL_KEY in last:
             self._end_fatal(trial, str(last[FATAL_KEY]))
+            return
+        if trial.trial_id in self._ended:
             return
         epoch = last.get("epoch")
         tags = {"kdtune.last_epoch": epoch}

@@ -49,7 +49,10 @@ class SweepPlan:
                  if s.scheduler.type == "asha" else f"none (every trial runs {s.epochs} epochs)")
         return [
             f"sweep {s.name}: {s.search.num_samples} trials of {'+'.join(s.methods)}, "
-            f"{s.search.algorithm} (seed {s.search.seed}), {s.mode} {s.metric}",
+            f"{s.search.algorithm} (seed {s.search.seed}), "
+            + ", ".join(f"{d} {m}" for m, d in s.objectives)
+            + ("; constraints " + ", ".join(f"{k} {b.model_dump(exclude_none=True)}"
+                                           for k, b in s.constraints.items()) if s.constraints else ""),
             f"scheduler: {sched}",
             f"resources: {per} per trial; {where}",
             f"teacher: {self.teacher}",

@@ -41,3 +41,19 @@ def best_yaml_text(*, sweep: str, trial: str, metric: str, value: float, epoch: 
             f"(its last reported epoch)\n"
             f"# {source}\n"
             f"# reproduce: kdtune train {target}\n") + spec_yaml
+
+
+def non_dominated(items: Iterable[T], values: Callable[[T], list[Any]], modes: list[str]) -> list[T]:
+    """The Pareto front: items no other item dominates (at least as good in every objective,
+    better in one). Items with a missing or non-finite objective are not on it."""
+    signs = [1.0 if m == "max" else -1.0 for m in modes]
+    scored = []
+    for i in items:
+        vs = [finite(v) for v in values(i)]
+        if all(v is not None for v in vs):
+            scored.append(([s * v for s, v in zip(signs, vs)], i))
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+    return [i for v, i in scored if not any(dominates(w, v) for w, _ in scored if w is not v)]

@@ -17,7 +17,7 @@ import ray
 from ray import tune
 from ray.tune.search import ConcurrencyLimiter
 
-from kdtune.params.walk import METHOD_KEY, unprefixed
+from kdtune.params.walk import METHOD_KEY, STUDENT, unprefixed, with_student
 from kdtune.spec.load import dump_spec
 from kdtune.spec.paths import BEST_FILE, SPEC_FILE, experiment_path, is_uri
 from kdtune.spec.schema import Spec, SpecError
@@ -83,7 +83,7 @@ def build_tuner(spec: Spec, trainable, callbacks: Sequence[Any] = (), stop: Any 
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            metric=spec.metric, mode=spec.mode, search_alg=searcher,
+            metric=spec.objective, mode=spec.direction, search_alg=searcher,
             scheduler=make_scheduler(spec), num_samples=spec.search.num_samples,
             trial_name_creator=trial_name, trial_dirname_creator=trial_dirname,
             # a finished trial's worker runs the next one: no new process, torch import, data load
@@ -108,14 +108,17 @@ def result_name(result) -> str:
 def ranked_results(grid, spec: Spec) -> list:
     """Tune results with the metric, best first (``kdtune.tune.results.ranked``). Failed trials
     rank by their last epoch too, as in ``kdtune best`` (MLflow)."""
-    return ranked(grid, lambda r: (r.metrics or {}).get(spec.metric), result_name, spec.mode)
+    if spec.multi_objective:  # the most accurate trial on the front: full-length trials only
+        grid = [r for r in grid if int((r.metrics or {}).get("epoch", 0) or 0) >= spec.epochs]
+    return ranked(grid, lambda r: (r.metrics or {}).get(spec.objective), result_name, spec.direction)
 
 
 def best_spec(spec: Spec, config: dict[str, Any], seed: int, teacher_path: str | None) -> Spec:
     """The spec ``kdtune train`` reproduces the trial with: its config as fixed params, the
     method it chose, its seed, and the very teacher it distilled from."""
-    data = spec.model_dump(mode="json")
-    params = dict(config)
+    data = with_student(spec, config).model_dump(mode="json")
+    data["search"]["student"] = {}  # the trial's architecture is now the spec's student
+    params = {k: v for k, v in config.items() if not k.startswith(STUDENT)}
     if isinstance(spec.method, list) and not spec.compose:
         data["method"] = chosen = params[METHOD_KEY]
         params = unprefixed(spec, params, chosen)  # one method: no prefixes
@@ -178,7 +181,7 @@ def _row(result, spec: Spec) -> TrialRow:
         status = "error"
     else:
         status = "completed" if epochs >= spec.epochs else "stopped"
-    return TrialRow(name=result_name(result), value=last_metric(result, spec.metric), epochs=epochs,
+    return TrialRow(name=result_name(result), value=last_metric(result, spec.objective), epochs=epochs,
                     status=status, config=dict(result.config or {}), path=str(result.path),
                     error=(str(result.error).strip().splitlines() or ["?"])[-1]
                     if result.error is not None else None)
@@ -193,12 +196,12 @@ def summarize(grid, spec: Spec, teacher_path: str | None, log: Log = print) -> S
     if best_first:
         top, row = best_first[0], rows[0]
         chosen = best_spec(spec, row.config, trial_seed(spec, row.name), teacher_path)
-        text = best_yaml_text(sweep=spec.name, trial=row.name, metric=spec.metric, value=row.value,
+        text = best_yaml_text(sweep=spec.name, trial=row.name, metric=spec.objective, value=row.value,
                               epoch=row.epochs, epochs=spec.epochs, source=f"trial folder: {top.path}",
                               target=f"{path}/{BEST_FILE}", spec_yaml=dump_spec(chosen))
         best_yaml = write_text(f"{path}/{BEST_FILE}", text)
     else:
-        log(f"no trial reported {spec.metric}: no {BEST_FILE} written")
+        log(f"no trial reported {spec.objective}: no {BEST_FILE} written")
     return SweepResult(spec=spec, path=path, trials=rows, best=rows[0] if best_first else None,
                        best_yaml=best_yaml, grid=grid)
 
@@ -228,7 +231,7 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
     shared = prepare_shared(spec, teacher, log=log)
     trainable = make_trainable(spec, teacher, shared=shared)
     guard = Guard(spec.max_consecutive_failures)
-    cbs = [Progress(spec.metric, spec.mode, spec.epochs, num_samples=spec.search.num_samples),
+    cbs = [Progress(spec.objective, spec.direction, spec.epochs, num_samples=spec.search.num_samples),
            guard, session.Recorder(), *callbacks]
     if resume:
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)

@@ -7,6 +7,7 @@ evaluated first.
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Callable
 
@@ -107,7 +108,10 @@ class MainEpochOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         metrics = self.metric if isinstance(self.metric, list) else [self.metric]
         if all(m in result for m in metrics) and "epoch" in result:
-            super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
+            try:
+                super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
+            except RuntimeError as e:  # a resumed trial Optuna's persisted study has finished
+                logger.warning("Optuna did not take a result of trial %s: %s", trial_id, e)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A trial ASHA stopped before ``max_epochs`` is told to Optuna as PRUNED (with the

@@ -33,11 +33,12 @@ from kdtune.spec.schema import Spec, SpecError
 from kdtune.training.checkpoint import load_state, save_state
 from kdtune.training.ops import NonFiniteLoss
 from kdtune.training.teacher import TeacherArtifact
-from kdtune.training.trial import run_trial
+from kdtune.training.trial import Infeasible, run_trial
 from kdtune.tune.naming import trainable_name, trial_seed
 
 RunTrial = Callable[..., dict[str, float]]
 FATAL_KEY = "kdtune_fatal"  # a trial's last result when the spec itself failed (not retried)
+INFEASIBLE_KEY = "kdtune_infeasible"  # ... when its sampled architecture cannot be used
 SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|mat1 and mat2")
 
 
@@ -90,8 +91,9 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
         if stage:
             staged.append(True)
         if not stage and not checked:
-            if spec.metric not in metrics:
-                raise SpecError(f"metric: {spec.metric!r} is never reported; the trial reports "
+            missing = [m for m, _ in spec.objectives if m not in metrics]
+            if missing:
+                raise SpecError(f"metric: {missing[0]!r} is never reported; the trial reports "
                                 f"{', '.join(sorted(metrics))}")
             checked.append(True)
         if stage:
@@ -111,6 +113,8 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
         with memory_limit(spec.resources.memory_gb):  # restored after: the worker is reused
             extra = {"shared": shared_ref} if shared_ref else {}  # memory-mapped data, teacher outputs
             run(spec, dict(config), teacher, report, seed=seed, restore=restore, device=device, **extra)
+    except Infeasible as e:  # a sampled architecture: the sweep goes on without it
+        tune.report({INFEASIBLE_KEY: e.reason, **e.costs})
     except Exception as e:  # noqa: BLE001 - classified, then re-raised or reported as fatal
         if not spec_fault(e, started=bool(checked), staged=bool(staged) or restore is not None):
             raise  # a crash: Tune retries it from its checkpoint (max_failures)
