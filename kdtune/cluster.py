@@ -134,7 +134,7 @@ def runtime_env(workdir: Path, *, env: dict[str, str] | None = None,
 
 def client(address: str):
     """A JobSubmissionClient for address (contacts the cluster: raises ClusterError)."""
-    from ray.job_submission import JobSubmissionClient
+    from ray.job_submission import JobSubmissionClient  # lazy: only cluster commands need it
 
     try:
         return JobSubmissionClient(address)

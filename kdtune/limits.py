@@ -48,7 +48,7 @@ def memory_limit(gb: float | None) -> Iterator[None]:
         yield
         return
     try:
-        import resource
+        import resource  # lazy: POSIX only, and only when a cap is asked for
     except ImportError:  # not Linux/Unix
         warnings.warn("resources.memory_gb is ignored on this platform (no RLIMIT_AS)")
         yield

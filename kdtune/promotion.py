@@ -78,8 +78,8 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
 
         # the fluent API logs the model into the run's experiment (a LoggedModel + the run's
         # outputs); the process's tracking URIs are put back afterwards
-        prev = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-        # set_tracking_uri also writes $MLFLOW_TRACKING_URI: keep the environment as it was
+        # set_tracking_uri also writes $MLFLOW_TRACKING_URI (for subprocesses), and the process's
+        # choice is in that variable: put it back as it was (None: MLflow's own default)
         env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
@@ -94,15 +94,10 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
                 tags=lineage)
             mv = mlflow.register_model(info.model_uri, name, tags=lineage)
         finally:
-            mlflow.set_tracking_uri(prev[0])
+            mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
             # a registry URI that only followed the tracking URI goes back to following it
             # (setting it explicitly would pin later `models:/` loads to the old store)
-            mlflow.set_registry_uri(prev[1] if prev[1] != prev[0] else None)
-            for k, v in env.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+            mlflow.set_registry_uri(env["MLFLOW_REGISTRY_URI"])
     c.set_registered_model_alias(name, alias, mv.version)
     c.set_tag(rid, "kdtune.promoted", f"{name}/{mv.version}@{alias}")
     result = {"name": name, "version": mv.version, "alias": alias, "uri": f"models:/{name}@{alias}",

@@ -21,3 +21,28 @@ def require(ok: bool, what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what} (CI=true: scripts/install.sh should have installed it)")
     pytest.skip(what)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_uri_as_it_was():
+    """A test that points MLflow somewhere (``mlflow.set_tracking_uri`` also writes
+    $MLFLOW_TRACKING_URI) must not send later tests, or the sweeps they start in subprocesses,
+    to its store."""
+    keys = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    before = {k: os.environ.get(k) for k in keys}
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before["MLFLOW_TRACKING_URI"])
+        mlflow.set_registry_uri(before["MLFLOW_REGISTRY_URI"])
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

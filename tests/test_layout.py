@@ -160,3 +160,22 @@ def test_light_modules_do_not_import_torch(module):
     code = f"import sys, {module}; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert r.stdout.strip() == "False"
+
+
+def test_spec_docs_and_schema_match_the_models():
+    """docs/spec.md and kdtune.schema.json are generated from the pydantic models
+    (`kdtune spec docs`, `kdtune spec schema`): they must not drift."""
+    from kdtune.spec.reference import spec_markdown
+    from kdtune.spec.schema import Spec
+
+    assert (ROOT / "docs" / "spec.md").read_text() == spec_markdown(), \
+        "docs/spec.md is stale: kdtune spec docs > docs/spec.md"
+    assert json.loads((ROOT / "kdtune.schema.json").read_text()) == Spec.model_json_schema(), \
+        "kdtune.schema.json is stale: kdtune spec schema > kdtune.schema.json"
+    for field in Spec.model_fields:  # every top-level field is documented with a meaning
+        assert f"| `{field}` |" in spec_markdown()
+
+
+def test_examples_point_editors_at_the_schema():
+    for path in sorted((ROOT / "examples").glob("*.yaml")):
+        assert path.read_text().startswith("# yaml-language-server: $schema=../kdtune.schema.json"), path

@@ -169,6 +169,7 @@ def test_status_interval_from_env(monkeypatch):
 
 
 def test_quiet_and_verbose_restores(monkeypatch):
+    quiet(verbose=True)  # an in-process sweep of an earlier test may have left it quiet
     monkeypatch.delenv(NEW_OUTPUT_ENV, raising=False)
     before = {name: logging.getLogger(name).level for name in LOGGERS}
     try:

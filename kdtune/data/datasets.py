@@ -65,7 +65,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 def digits(root: str | None, download: bool) -> RawData:
     """scikit-learn's 8×8 digits (1,797 images, shipped in the wheel): a fixed, stratified
     80/20 split (seed 0); pixel values 0..16 scaled ×16 to uint8 (16 → 255)."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # lazy: each loader imports only its own source
     from sklearn.model_selection import train_test_split
 
     d = load_digits()

@@ -63,7 +63,7 @@ def hessian_norm(model: nn.Module, x: Tensor, y: Tensor, h: float = 1e-3) -> Ten
     in w. H v is a central difference of gradients, (∇L(w + h v) − ∇L(w − h v)) / 2h: its
     gradient needs second derivatives only (BatchNorm has no third-order backward). BatchNorm
     buffers are copies, so the probes leave the running statistics alone."""
-    from torch.func import functional_call
+    from torch.func import functional_call  # lazy: only the optional λ-loss stage needs it
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     v = {n: torch.randint_like(p, 2) * 2 - 1 for n, p in params.items()}

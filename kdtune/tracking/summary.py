@@ -30,7 +30,8 @@ from kdtune.report.records import plain_params
 from kdtune.spec.paths import BEST_FILE, is_uri, run_dir, tracking_uri
 from kdtune.spec.schema import Spec
 from kdtune.tracking.client import _log_batch, _one_line, client
-from kdtune.tracking.query import _children, _typed, find_sweep
+from kdtune.report.pareto import Point, pareto_plot
+from kdtune.tracking.query import _children, _typed, find_sweep, full_length, pareto
 from kdtune.tracking.schema import PARAM_MAX, RUN_ID_FILE, TRIAL_ID_TAG, _str
 from kdtune.tune.naming import NO_NUMBER, trial_number
 from kdtune.tune.results import finite
@@ -262,11 +263,30 @@ def _summarize(c, run_id: str, result: Any, log: Log) -> None:
     log_table_json(c, run_id, leaderboard(records, metric, mode), LEADERBOARD)
     with tempfile.TemporaryDirectory(prefix="kdtune-plots-") as d:
         plots = make_plots(records, metric, mode, Path(d))
+        plots += _front(c, spec, parent, run_id, Path(d))
         if plots:
             c.log_artifacts(run_id, d, PLOTS_DIR)
     shown = f"best_{metric} {best.value:.4f} ({best.name})" if best else f"no trial reported {metric}"
     log(f"MLflow: parent run {run_id}: {shown}, leaderboard of {len(records)}, "
         f"{sum(p.suffix == '.png' for p in plots)} plots")
+
+
+def _front(c, spec: Spec, parent, run_id: str, out: Path) -> list[Path]:
+    """A cost-aware sweep's Pareto front on the parent run: a table and a plot of the first
+    objective against the first cost objective (params_count for a one-metric sweep)."""
+    if not (spec.multi_objective or spec.constraints or spec.search.student):
+        return []
+    found = pareto(tracking_uri(spec), spec.name)
+    (metric, _), (cost, _) = found["objectives"][0], found["objectives"][1]
+    front_ids = {f["run_id"] for f in found["front"]}
+    points = [Point(r.info.run_name, r.data.metrics[cost], r.data.metrics[metric],
+                    r.info.run_id in front_ids, spec.name)
+              for r in _children(c, parent) if full_length(r)
+              and finite(r.data.metrics.get(cost)) is not None and finite(r.data.metrics.get(metric)) is not None]
+    table = {"columns": ["trial", metric, cost], "data": [[f["run_name"], f[metric], f[cost]]
+                                                           for f in found["front"]]}
+    log_table_json(c, run_id, table, "pareto_front.json")
+    return pareto_plot(points, cost, metric, out) if points else []
 
 
 # --------------------------------------------------------------------------- the report

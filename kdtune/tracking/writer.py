@@ -1,15 +1,18 @@
 """``SweepWriter``: the sweep driver's only MLflow writer.
 
 Call sites (the Tune callback in ``kdtune/tune/callbacks.py``) only enqueue typed operations
-(``kdtune.tracking.ops``); one background thread applies them in order, so a slow or absent
-MLflow never stalls Tune's loop. A transient failure is retried with backoff; a permanent one
-is reported and skipped; whatever is unsent at ``close()`` is saved to the pending spool
-``<run_dir>/mlflow_pending.jsonl`` and sent by the next ``sweep run --resume``.
+(``kdtune.tracking.ops``); background threads apply them in order per run, so a slow or
+absent MLflow never stalls Tune's loop. Metric writes of one run queued behind each other go
+out as one ``log_batch`` call; a tracking server gets several lanes (threads, one run at a time
+each); and the queue is bounded: past ``max_queue`` operations the producer waits briefly for
+room (``kdtune.tracking.queue``). A transient failure is retried
+with backoff; a permanent one is reported and skipped; whatever is unsent at ``close()`` is
+saved to the pending spool ``<run_dir>/mlflow_pending.jsonl`` and sent by the next
+``sweep run --resume``.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import shutil
@@ -32,6 +35,7 @@ from kdtune.tracking.client import (Permanent, _log_batch, _one_line, _search, _
 from kdtune.tracking.ops import (Artifact, End, Log, Op, RecordTeacher, Settle, StartChild,
                                  StartParent, Text)
 from kdtune.tracking.query import run_checkpoint
+from kdtune.tracking.queue import Batch, OpQueue
 from kdtune.tracking.registry import parse_models_uri
 from kdtune.tracking.schema import (CHECKPOINT_DIR, ERROR_TAG, PARENT_TAG, PENDING_FILE, ROLE,
                                     RUN_ID_FILE, SWEEP, SWEEP_TAG, SWEEP_UID_TAG, TEACHER,
@@ -42,15 +46,26 @@ from kdtune.tracking.spool import Segment
 log_ = logging.getLogger("kdtune.tracking")
 
 
+def _what(batch: Batch) -> str:
+    """``log(t00001)``, or ``log(t00001) ×12`` for a coalesced batch: for log lines."""
+    return batch.ops[0].describe() + (f" ×{len(batch.ops)}" if batch.coalesced else "")
+
+
 class SweepWriter:
     """The driver's only MLflow writer: ordered operations, one thread, retries, a spool.
 
     Call sites (the Tune callback) only enqueue; ``close()`` flushes, saves what is left to
-    ``<run_dir>/mlflow_pending.jsonl`` and returns a one-paragraph report.
+    ``<run_dir>/mlflow_pending.jsonl`` and returns a one-paragraph report. ``max_queue``
+    (default $KDTUNE_MLFLOW_QUEUE_MAX or 10000 operations) and ``max_block_s`` (default
+    $KDTUNE_MLFLOW_BLOCK_S or 2 s): the bound past which a producer waits for room, and the
+    longest one call waits. ``lanes`` (default $KDTUNE_MLFLOW_LANES or 4 for a tracking
+    server; always 1 for a local store, whose sqlite file takes one writer at a time): threads
+    applying batches of different runs at once.
     """
 
     def __init__(self, spec: Spec, *, resume: bool = False, log: Callable[[str], None] = print,
-                 backoff: tuple[float, float] = (1.0, 30.0), client_factory: Callable[[str], Any] | None = None):
+                 backoff: tuple[float, float] = (1.0, 30.0), client_factory: Callable[[str], Any] | None = None,
+                 max_queue: int | None = None, max_block_s: float | None = None, lanes: int | None = None):
         quiet_env()
         self.spec = spec
         self.uri = tracking_uri(spec)
@@ -65,11 +80,17 @@ class SweepWriter:
         self.sent = 0
         self.rejected: list[tuple[str, str]] = []  # (what, why)
         self.last_error: str | None = None
-        self._q: collections.deque[Op] = collections.deque()
-        self._cv = threading.Condition()
-        self._closing = False
-        self._stop = False
-        self._thread: threading.Thread | None = None
+        self.batches = 0  # batches applied (a coalesced batch is one log_batch call)
+        self._queue = OpQueue(
+            int(os.environ.get("KDTUNE_MLFLOW_QUEUE_MAX", 10_000)) if max_queue is None else max_queue,
+            float(os.environ.get("KDTUNE_MLFLOW_BLOCK_S", 2.0)) if max_block_s is None else max_block_s)
+        remote = is_remote(self.uri)
+        self.lanes = max(1, int(os.environ.get("KDTUNE_MLFLOW_LANES", 4)) if lanes is None else lanes) if remote else 1
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Event()  # the earlier run's writes are replayed: lanes may start
+        self._lock = threading.Lock()  # counters and the client, shared by the lanes
+        self._new_parent: str | None = None  # the parent run this writer created (no children yet)
+        self._tried: set[str] = set()  # trial runs whose creation was attempted
         self.started: set[str] = set()  # trial ids already announced (retries start again)
         self._replay = spool.load(self.run_dir)  # writes an earlier run could not send
 
@@ -77,66 +98,86 @@ class SweepWriter:
     @property
     def client(self):
         if self._client is None:
-            self._client = self._client_factory(self.uri)
+            with self._lock:
+                if self._client is None:
+                    self._client = self._client_factory(self.uri)
         return self._client
 
     def put(self, op: Op) -> None:
-        with self._cv:
-            self._q.append(op)
-            self._cv.notify_all()
-        if self._thread is None:
+        """Queue ``op`` (waiting briefly for room when the queue is over its bound)."""
+        self._queue.put(op)
+        if not self._threads:
             self.start()
 
-    def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="kdtune-mlflow", daemon=True)
-            self._thread.start()
+    def pending(self) -> int:
+        """Operations queued and not yet applied."""
+        return self._queue.pending()
 
-    def _loop(self) -> None:
-        if self._replay:
-            self._send_replay()
+    def stats(self) -> dict[str, Any]:
+        """The queue's figures: operations sent, batches applied, operations coalesced into an
+        earlier batch, queued now and at most, and the producers' wait for room."""
+        q = self._queue
+        return {"sent": self.sent, "batches": self.batches, "coalesced": q.coalesced, "lanes": self.lanes,
+                "pending": q.pending(), "max_depth": q.max_depth, "blocked_s": round(q.blocked_s, 3),
+                "blocked_puts": q.blocked_puts}
+
+    def start(self) -> None:
+        if not self._threads:
+            self._threads = [threading.Thread(target=self._loop, args=(i,), name=f"kdtune-mlflow-{i}", daemon=True)
+                             for i in range(self.lanes)]
+            for t in self._threads:
+                t.start()
+
+    def _loop(self, lane: int) -> None:
+        q = self._queue
+        if lane == 0:
+            if self._replay:  # first: it swaps the run table while it sends
+                self._send_replay()
+            self._ready.set()
+        while not self._ready.wait(0.5):
+            if q.stopped:
+                return
         delay = self.backoff[0]
         while True:
-            with self._cv:
-                while not self._q and not self._closing and not self._stop:
-                    self._cv.wait()
-                if self._stop or not self._q:
-                    return
-                op = self._q[0]
+            batch = q.next()
+            if batch is None:
+                return
             try:
-                self._apply(op)
+                self._apply_batch(batch)
             except Exception as e:  # noqa: BLE001 - classify, never let the sweep die of it
                 if is_transient(e):
                     self.last_error = _one_line(e)
-                    log_.warning("MLflow write %s failed (%s); retrying in %.0fs", op.KIND, self.last_error, delay)
-                    with self._cv:
-                        self._cv.wait_for(lambda: self._stop, timeout=delay)
+                    q.set_failing(True)  # producers stop waiting for room: the spool takes it
+                    log_.warning("MLflow write %s failed (%s); retrying in %.0fs", _what(batch),
+                                 self.last_error, delay)
+                    q.wait_stopped(delay)
+                    q.release(batch)
                     delay = min(delay * 2, self.backoff[1])
                     continue
-                with self._cv:
-                    self._q.popleft()
-                self.rejected.append((op.describe(), _one_line(e)))
-                log_.error("MLflow write %s rejected: %s", op.describe(), _one_line(e))
+                q.set_failing(False)
+                if batch.coalesced:  # one of them is bad: send them one by one to find it
+                    q.split(batch)
+                    continue
+                q.done(batch)
+                self.rejected.append((batch.ops[0].describe(), _one_line(e)))
+                log_.error("MLflow write %s rejected: %s", batch.ops[0].describe(), _one_line(e))
                 continue
-            with self._cv:
-                self._q.popleft()
-                self._cv.notify_all()
-            self.sent += 1
+            q.done(batch)
+            if q.failing:
+                q.set_failing(False)
+            with self._lock:
+                self.sent += len(batch.ops)
+                self.batches += 1
             delay = self.backoff[0]
 
     def close(self, timeout: float | None = None) -> str:
         """Flush (up to ``timeout`` s, default $KDTUNE_MLFLOW_FLUSH_S or 60), save the rest, report."""
         timeout = float(os.environ.get("KDTUNE_MLFLOW_FLUSH_S", 60)) if timeout is None else timeout
-        with self._cv:
-            self._closing = True
-            self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout)
-        with self._cv:
-            self._stop = True
-            self._cv.notify_all()
-            left = list(self._q)
-            self._q.clear()
+        self._queue.close()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        left = self._queue.stop()
         if left:
             spool.save(self.run_dir, Segment(self.uri, self.exp_id, dict(self.runs), left))
         return self.report(len(left))
@@ -148,6 +189,10 @@ class SweepWriter:
         if left:
             msg += (f"; {left} NOT sent ({self.last_error or 'unreachable'}): saved to "
                     f"{self.run_dir / PENDING_FILE}, sent by the next `kdtune sweep run --resume`")
+        q = self._queue
+        if q.blocked_puts:
+            msg += (f"; Tune waited {q.blocked_s:.1f} s in all for the writer to catch up "
+                    f"(more than {q.max_ops} writes queued)")
         if self.rejected:
             msg += f"; {len(self.rejected)} rejected: " + "; ".join(f"{w}: {why}" for w, why in self.rejected[:5])
         return msg
@@ -184,6 +229,12 @@ class SweepWriter:
         self._replay = []
 
     # ---- applying operations (the writer thread only)
+    def _apply_batch(self, batch: Batch) -> None:
+        if batch.coalesced:
+            self._send_logs(batch)
+        else:
+            self._apply(batch.ops[0])
+
     def _apply(self, op: Op) -> None:
         self._HANDLERS[type(op)](self, op)
 
@@ -216,6 +267,7 @@ class SweepWriter:
                 c.update_run(run_id, status="RUNNING")
         else:
             run_id = c.create_run(self.exp_id, run_name=op.name, tags=op.tags).info.run_id
+            self._new_parent = run_id
             _log_batch(c, run_id, params=op.params)
             c.log_text(run_id, redact(op.spec_yaml), "spec.yaml")
         self.runs["parent"] = run_id
@@ -245,8 +297,16 @@ class SweepWriter:
         c.set_terminated(run_id, "FINISHED")
 
     def _find_child(self, key: str, trial_id: str, parent: str) -> str | None:
-        """The trial's run: known to this writer, else found under the parent by its trial id."""
-        return self.runs.get(key) or next(
+        """The trial's run: known to this writer, else found under the parent by its trial id.
+        Under a parent this writer created there is nothing to find, unless an earlier attempt
+        (a request that failed, maybe after the server acted on it) created the run."""
+        if key in self.runs:
+            return self.runs[key]
+        first = key not in self._tried
+        self._tried.add(key)
+        if first and parent == self._new_parent:
+            return None  # one search per trial saved: a fresh sweep's only read
+        return next(
             (r.info.run_id for r in _search(self.client, self.exp_id, f"tags.`{PARENT_TAG}` = '{parent}' and "
                                             f"tags.`{TRIAL_ID_TAG}` = '{_q(trial_id)}'")), None)
 
@@ -270,6 +330,18 @@ class SweepWriter:
 
     def _send_log(self, op: Log) -> None:
         _log_batch(self.client, self._run(op.key), metrics=op.metrics, params=op.params, tags=op.tags, ts=op.ts)
+
+    def _send_logs(self, batch: Batch) -> None:
+        """``Log`` operations of one run in one ``log_batch`` call (the queue keeps a batch
+        within MLflow's limits), each metric point at the time it was reported."""
+        from mlflow.entities import Metric, Param, RunTag  # lazy: MLflow takes seconds to import
+
+        now = _now_ms()
+        ops = [op for op in batch.ops if isinstance(op, Log)]
+        self.client.log_batch(self._run(batch.key),
+                              metrics=[Metric(k, v, op.ts or now, s) for op in ops for k, v, s in op.metrics],
+                              params=[Param(k, _str(v)) for op in ops for k, v in op.params.items()],
+                              tags=[RunTag(k, _str(v)) for op in ops for k, v in op.tags.items()])
 
     def _send_text(self, op: Text) -> None:
         self.client.log_text(self._run(op.key), redact(op.text), op.file)
@@ -312,7 +384,7 @@ class SweepWriter:
         StartParent: _start_parent, RecordTeacher: _record_teacher, StartChild: _start_child,
         Log: _send_log, Text: _send_text, Artifact: _send_artifact, End: _end_run, Settle: _settle}
 
-    # ---- what the callback calls (all non-blocking)
+    # ---- what the callback calls (they only queue; past the bound they wait briefly for room)
     def start_sweep(self) -> None:
         spec = self.spec
         run_id = None

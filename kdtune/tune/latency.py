@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from kdtune.redact import redact
 from kdtune.spec.paths import CHECKPOINT, tracking_uri
 from kdtune.tracking.client import client
 from kdtune.tracking.query import _children, find_sweep
@@ -30,7 +31,17 @@ def last_checkpoint(trial_path: str) -> Path | None:
 
 def measure(result, log: Log = print) -> dict[str, float]:
     """Time every completed trial of a ``SweepResult`` and log ``latency_ms`` to its run;
-    returns {trial name: ms}."""
+    returns {trial name: ms}. Never raises: a sweep that ran is not failed by its bookkeeping
+    (an MLflow outage, a checkpoint gone); one line says what is missing."""
+    try:
+        return _measure(result, log)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        log(f"latency_ms not measured ({type(e).__name__}: {redact(first)})")
+        return {}
+
+
+def _measure(result, log: Log) -> dict[str, float]:
     spec = result.spec
     c = client(tracking_uri(spec))
     runs = {r.data.tags.get(TRIAL_ID_TAG): r for r in _children(c, find_sweep(c, spec.name))}

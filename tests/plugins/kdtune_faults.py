@@ -10,8 +10,9 @@ main epoch, after epoch 1 was reported with a checkpoint:
 - ``fault_nan``: its loss becomes NaN (divergence → ``NonFiniteLoss``), again after a restart;
 - ``fault_oom``: allocates 128 MiB blocks until the trial's ``resources.memory_gb`` cap stops
   it (refuses to run without a cap, so it can never exhaust the machine);
-- ``fault_kill``: SIGKILLs its own worker process on the first attempt (a lost worker); after
-  Tune restarts it from the epoch-1 checkpoint it trains normally;
+- ``fault_kill``: SIGKILLs its own worker process on the first attempt, in the middle of
+  reporting epoch 2 (a lost worker); after Tune restarts it from the epoch-1 checkpoint it
+  trains normally;
 - ``slow``: sleeps ``KDTUNE_TEST_SLOW_S`` seconds (default 1) per epoch (outage tests);
 - ``fault_badarg``: raises ``TypeError`` while building its extras, before any step (a spec
   error only a trial can find: the sweep fails fast).
@@ -98,10 +99,13 @@ class FaultOOM(_Faulty):
 class FaultKill(_Faulty):
     name = "fault_kill"
 
-    def fault(self, ctx):
-        if self.restored_from is None:  # the first attempt only
-            time.sleep(1.0)  # the driver has registered the epoch-1 checkpoint
+    def state_dict(self):
+        # Killed while the engine builds epoch 2's checkpoint state, i.e. inside the report of
+        # epoch 2 (before save_state/tune.report finish): the restart must come from epoch 1's
+        # checkpoint and run epochs 2 and 3 once each.
+        if self.restored_from is None and self._done == 2:  # the first attempt only
             os.kill(os.getpid(), signal.SIGKILL)
+        return super().state_dict()
 
 
 @METHODS.register("slow")
