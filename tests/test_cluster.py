@@ -618,6 +618,11 @@ def test_submit_wait_runs_trials_on_both_nodes_into_postgres_mlflow(ray_boot, ml
         assert "val_acc" in ch.data.metrics
         files = [f.path for f in c.list_artifacts(ch.info.run_id, "checkpoint")]
         assert "checkpoint/checkpoint.pt" in files, (ch.info.run_name, files)
+        # whether the teacher-output cache served it is recorded (here "false": these trials ask
+        # for fake GPUs, and a cache must be computed on the trials' device type; the driver has
+        # none, so they run the live teacher and say so)
+        assert ch.data.tags.get("kdtune.teacher_cache") in ("true", "false"), ch.data.tags
+    assert {ch.data.tags.get("kdtune.node_id") for ch in children} == nodes  # both nodes
     conn = mlflow_server["db"]()
     try:
         with conn.cursor() as cur:  # the same runs, read from PostgreSQL itself

@@ -90,6 +90,11 @@ def check(exp: Path, before: dict[str, list[dict]], db: Path, final: bool) -> No
     if final:
         assert len(kids) == TRIALS
         assert [r.info.status for r in runs if r.info.status == "RUNNING"] == []
+        # the persisted Optuna study (optuna-dashboard reads it): no trial left RUNNING either
+        import optuna
+
+        study = optuna.load_study(study_name="kill", storage=f"sqlite:///{db.parent / 'optuna.db'}")
+        assert [t.number for t in study.trials if t.state.name == "RUNNING"] == []
 
 
 @pytest.mark.slow

@@ -200,3 +200,28 @@ def test_benchmarks_quick_mode_print_one_json_line(script, keys, tmp_path):
     lines = [s for s in proc.stdout.splitlines() if s.strip()]
     assert len(lines) == 1, proc.stdout
     assert keys <= set(json.loads(lines[0]))
+
+
+def test_a_node_without_the_drivers_files_writes_them_from_the_bundle(sweep, tmp_path):
+    """Multi-host: a worker node cannot see the driver's cache folders. The bundle (what Ray's
+    object store carries to each node once) is written to a node-local folder, and a trial
+    there uses the cache: same outputs as the live teacher, bit for bit, no live-teacher line."""
+    from kdtune.training.ship import localize, read_bundle
+
+    spec, teacher, ref, _ = sweep
+    bundle = read_bundle(ref)
+    assert set(bundle) == {"data", "outputs"}
+    elsewhere = {k: str(tmp_path / "not-on-this-node" / Path(v).name) if k in ("data", "outputs")
+                 else v for k, v in ref.items()}
+    local = localize(elsewhere, bundle, base=tmp_path / "node")
+    assert local["outputs_from_bundle"] and local["data_from_bundle"]
+    assert Path(local["outputs"]).parent.parent == tmp_path / "node"
+    ctx, m = make_context(spec, config_for(spec, "kd"), teacher, seed=3, shared=local)
+    assert ctx.teacher_cache and ctx.teacher_view is not None
+    x, y, idx = next(iter(ctx.loader("train", batch_size=32)))
+    got = ctx.teacher_view(Batch(x, y, idx), m.teacher_needs)
+    with torch.no_grad():
+        fresh = restrict(teacher_taps(ctx.teacher, x, m.teacher_needs), ctx.teacher_index)
+    assert torch.equal(got["logits"], fresh["logits"])
+    # where the driver's files are visible (one host), nothing is written
+    assert localize(ref, bundle, base=tmp_path / "node2") == ref and not (tmp_path / "node2").exists()

@@ -338,6 +338,7 @@ def use_teacher_outputs(ctx, method, shared: dict[str, Any] | None) -> bool:
             reason = f"{name}: the cache lacks {', '.join(needs)}: live teacher"
         else:
             ctx.teacher_view = TeacherOutputs(folder, ctx.device).view(ctx)
+            ctx.teacher_cache = True
             return True
     say_once(f"teacher outputs: {reason}")
     return False

@@ -61,6 +61,7 @@ class TrialContext:
     teacher_index: Tensor | None = None  # student label i → teacher logit column
     teacher_classes: list[int] | None = None  # the teacher's original class ids, in its label order
     teacher_view: Callable[[Batch, tuple[str, ...]], dict[str, Any]] | None = None
+    teacher_cache: bool = False  # the teacher's outputs come from the sweep's cache
     student: nn.Module | None = None
     extras: nn.ModuleDict = field(default_factory=nn.ModuleDict)
     optimizers: list[torch.optim.Optimizer] = field(default_factory=list)

@@ -89,6 +89,8 @@ def train(ctx: TrialContext, method: Method, report: Report, *, epochs: int,
         metrics["epoch"] = epoch + 1
         metrics["lr"] = ctx.optimizers[0].param_groups[0]["lr"]
         metrics.update(cost)
+        if ctx.teacher is not None:  # 1: the teacher's outputs came from the sweep's cache
+            metrics["teacher_cache"] = float(ctx.teacher_cache)
         if epoch == epochs - 1:
             metrics.update(costs(ctx.student, ctx.data.in_channels, ctx.data.input_size))
             metrics["test_acc"], metrics["test_loss"] = evaluate(ctx.student, ctx.loader("test"), ctx.device)

@@ -43,7 +43,7 @@ from kdtune.tune._ray_compat import result_rows, trial_folder
 from kdtune.tune.errors import error_reason, error_text
 from kdtune.tune.naming import trial_seed
 from kdtune.tune.run import best_spec, trial_name
-from kdtune.tune.trainable import FATAL_KEY, INFEASIBLE_KEY
+from kdtune.tune.trainable import FATAL_KEY, INFEASIBLE_KEY, NODE_KEY
 
 # Keys Ray adds to every result: bookkeeping, not the trial's measurements.
 RAY_KEYS = frozenset({
@@ -211,6 +211,11 @@ class MLflowCallback(Callback):
             return
         if INFEASIBLE_KEY in result:  # recorded as such, never ranked (no metric)
             self.writer.trial_metrics(trial.trial_id, metrics_of(result))
+        if NODE_KEY in result:  # once per trial start: where it runs, and whether the teacher
+            cache = result.get("teacher_cache")  # outputs come from the sweep's cache
+            self.writer.trial_tags(trial.trial_id, {
+                "kdtune.node_id": result[NODE_KEY],
+                **({"kdtune.teacher_cache": "true" if cache else "false"} if cache is not None else {})})
             self.writer.trial_tags(trial.trial_id, {"kdtune.infeasible": "true"})
             self.writer.trial_end(trial.trial_id, "FAILED", reason=f"infeasible: {result[INFEASIBLE_KEY]}")
             self._ended.add(trial.trial_id)

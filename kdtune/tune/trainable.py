@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+import ray
 from ray import tune
 
 from kdtune.limits import memory_limit
@@ -32,6 +33,7 @@ from kdtune.spec.paths import CHECKPOINT
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.training.checkpoint import load_state, save_state
 from kdtune.training.ops import NonFiniteLoss
+from kdtune.training.ship import localize, read_bundle
 from kdtune.training.teacher import TeacherArtifact
 from kdtune.training.trial import Infeasible, run_trial
 from kdtune.tune.naming import trainable_name, trial_seed
@@ -39,6 +41,7 @@ from kdtune.tune.naming import trainable_name, trial_seed
 RunTrial = Callable[..., dict[str, float]]
 FATAL_KEY = "kdtune_fatal"  # a trial's last result when the spec itself failed (not retried)
 INFEASIBLE_KEY = "kdtune_infeasible"  # ... when its sampled architecture cannot be used
+NODE_KEY = "kdtune_node_id"  # the Ray node a trial ran on (first main epoch's result)
 SHAPE_ERROR = re.compile(r"shape|size mismatch|must match the size|mat1 and mat2")
 
 
@@ -47,19 +50,21 @@ def make_trainable(spec: Spec, teacher: TeacherArtifact | None, run: RunTrial = 
     """The Tune trainable for a spec, with its per-trial resources attached.
 
     ``run`` is ``kdtune.training.trial.run_trial``; tests pass a stand-in with the same signature.
-    ``shared``: the files the driver prepared (``kdtune.training.cache.prepare_shared``), by path.
+    ``shared``: the files the driver prepared (``kdtune.training.cache.prepare_shared``), by path,
+    and the same files as a bundle for nodes that cannot see them (``kdtune.training.ship``):
+    ``with_parameters`` puts it in Ray's object store once; Ray moves it to each node once.
     """
     name = trainable_name(spec)
 
     def trainable(config: dict[str, Any], spec_json: str, teacher_ref: dict | None,
-                  run: RunTrial, shared_ref: dict | None = None) -> None:
-        run_in_tune(config, spec_json, teacher_ref, run, shared_ref)
+                  run: RunTrial, shared_ref: dict | None = None, bundle: dict | None = None) -> None:
+        run_in_tune(config, spec_json, teacher_ref, run, localize(shared_ref, bundle))
 
     # A new function object per spec: renaming it names the trials without touching others.
     trainable.__name__ = trainable.__qualname__ = name
     ref = {"path": str(teacher.path), "meta": teacher.meta} if teacher is not None else None
     fn = tune.with_parameters(trainable, spec_json=spec.model_dump_json(), teacher_ref=ref, run=run,
-                              shared_ref=shared)
+                              shared_ref=shared, bundle=read_bundle(shared) if shared else None)
     res = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
     if spec.resources.memory_gb:  # Ray schedules by it too (no more trials than memory allows)
         res["memory"] = int(spec.resources.memory_gb * (1 << 30))
@@ -96,6 +101,8 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
                 raise SpecError(f"metric: {missing[0]!r} is never reported; the trial reports "
                                 f"{', '.join(sorted(metrics))}")
             checked.append(True)
+            # where it ran (MLflow tag kdtune.node_id, with kdtune.teacher_cache: callbacks.py)
+            metrics = {**metrics, NODE_KEY: ray.get_runtime_context().get_node_id()}
         if stage:
             # no `epoch` (ASHA's time_attr) and no metric: the scheduler and searcher skip it
             metrics = {k: v for k, v in metrics.items() if k.startswith("stage/")}
