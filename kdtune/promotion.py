@@ -98,6 +98,11 @@ def promote(uri: str, *, sweep: str | None = None, run_id: str | None = None,
             # a registry URI that only followed the tracking URI goes back to following it
             # (setting it explicitly would pin later `models:/` loads to the old store)
             mlflow.set_registry_uri(env["MLFLOW_REGISTRY_URI"])
+            for k, v in env.items():  # set_registry_uri(None) leaves its variable behind
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
     c.set_registered_model_alias(name, alias, mv.version)
     c.set_tag(rid, "kdtune.promoted", f"{name}/{mv.version}@{alias}")
     result = {"name": name, "version": mv.version, "alias": alias, "uri": f"models:/{name}@{alias}",

@@ -329,6 +329,7 @@ def small_spec(path: Path, uri: str, name: str = "secure") -> Path:
 def test_server_without_or_with_wrong_credentials_is_refused_before_ray(auth_server, tmp_path, monkeypatch):
     import ray
 
+    ray.shutdown()  # a Ray an earlier test left in this process: this command must start none
     monkeypatch.chdir(tmp_path)
     for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         monkeypatch.delenv(k, raising=False)

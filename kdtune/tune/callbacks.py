@@ -209,18 +209,17 @@ class MLflowCallback(Callback):
         if FATAL_KEY in result:
             self._end_fatal(trial, str(result[FATAL_KEY]))
             return
+        self.writer.trial_metrics(trial.trial_id, metrics_of(result))
         if INFEASIBLE_KEY in result:  # recorded as such, never ranked (no metric)
-            self.writer.trial_metrics(trial.trial_id, metrics_of(result))
+            self.writer.trial_tags(trial.trial_id, {"kdtune.infeasible": "true"})
+            self.writer.trial_end(trial.trial_id, "FAILED", reason=f"infeasible: {result[INFEASIBLE_KEY]}")
+            self._ended.add(trial.trial_id)
+            return
         if NODE_KEY in result:  # once per trial start: where it runs, and whether the teacher
             cache = result.get("teacher_cache")  # outputs come from the sweep's cache
             self.writer.trial_tags(trial.trial_id, {
                 "kdtune.node_id": result[NODE_KEY],
                 **({"kdtune.teacher_cache": "true" if cache else "false"} if cache is not None else {})})
-            self.writer.trial_tags(trial.trial_id, {"kdtune.infeasible": "true"})
-            self.writer.trial_end(trial.trial_id, "FAILED", reason=f"infeasible: {result[INFEASIBLE_KEY]}")
-            self._ended.add(trial.trial_id)
-            return
-        self.writer.trial_metrics(trial.trial_id, metrics_of(result))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info) -> None:
         self._ckpt[trial.trial_id] = checkpoint
