@@ -10,8 +10,9 @@ unless ``--tracking-uri`` names a running server.
 Figures per N:
 
 - ``results_per_s`` / ``points_per_s`` / ``calls_per_s``: results (Log writes), metric points
-  and MLflow ``log_batch`` calls acknowledged per second over the reporting window;
-  ``offered_results_per_s``: what the trials sent;
+  and MLflow ``log_batch`` calls acknowledged per second over the reporting window
+  (``mlflow_calls_per_s``: calls of any kind); ``results_per_s_2nd_half``: over its second
+  half, past the burst of trial starts; ``offered_results_per_s``: what the trials sent;
 - ``depth_at_end``: writes still queued when the last result was handed over; ``depth_max``;
 - ``lag_end_s``: time from the last result to the moment every metric point was acknowledged;
   ``lag_p50_s`` / ``lag_p99_s``: per point, from its hand-over to its acknowledgement;
@@ -28,15 +29,19 @@ Figures per N:
 from __future__ import annotations
 
 import argparse
+import array
 import gc
 import heapq
 import json
 import math
 import os
+import pickle
+import pwd
 import random
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +51,19 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import emit, quiet_stdout
+from _common import emit, quiet_stdout  # first: it puts the checkout on sys.path
+
+import optuna  # noqa: E402
+import psycopg2  # noqa: E402
+from mlflow import MlflowClient  # noqa: E402
+from ray.tune.experiment import Trial  # noqa: E402
+
+from kdtune.spec import parse_spec  # noqa: E402
+from kdtune.spec.paths import run_dir  # noqa: E402
+from kdtune.tracking.client import client as mlflow_client  # noqa: E402
+from kdtune.tracking.schema import PENDING_FILE  # noqa: E402
+from kdtune.tracking.writer import SweepWriter  # noqa: E402
+from kdtune.tune.callbacks import MLflowCallback  # noqa: E402
 
 KEYS = [f"m{j}" for j in range(10)]  # the 10 metrics of every result
 BIN = Path(sys.executable).parent
@@ -93,14 +110,10 @@ class Services:
         self.workers = workers
 
     def start(self) -> str:
-        import psycopg2
-
         pg, data = _pg_bin(), self.root / "pg"
         data.mkdir()
         as_user = {}
         if os.geteuid() == 0:  # initdb refuses root: run the cluster as `postgres`
-            import pwd
-
             pw = pwd.getpwnam("postgres")
             os.chown(data, pw.pw_uid, pw.pw_gid)
             os.chmod(self.root, 0o755)
@@ -168,7 +181,7 @@ class Counting:
         self.lock = threading.Lock()
         self.calls: dict[str, int] = {}
         self.points = 0
-        self.lags_ms: list[int] = []
+        self.lags_ms = array.array("l")  # 8 bytes a point, not a list of ints
         self.acked_at: list[tuple[float, int]] = []  # (time, points acknowledged so far)
         self.done_at: list[float] = []  # when each call (any kind) returned
 
@@ -194,7 +207,7 @@ class FakeTrial:
     """What the callback reads from a Ray Tune Trial."""
 
     def __init__(self, n: int):
-        self.trial_id = f"b{n:05d}"
+        self.trial_id = self.id_of(n)
         self.experiment_tag = f"{n + 1}_x"
         self.trainable_name = "scratch"
         self.config = {"lr": 10 ** random.uniform(-4, -1), "batch_size": random.choice([32, 64, 128])}
@@ -202,6 +215,10 @@ class FakeTrial:
         self.checkpoint = None
         self.num_failures = 0
         self.status = "RUNNING"
+
+    @staticmethod
+    def id_of(n: int) -> str:
+        return f"b{n:05d}"
 
 
 def rss_mb() -> float:
@@ -216,11 +233,6 @@ def _pending(w) -> int:
 
 def run_one(url: str, n: int, seconds: float, interval: float, drain_timeout: float) -> dict:
     """One load run: N trials for ``seconds`` of reporting; its figures."""
-    from kdtune.spec import parse_spec
-    from kdtune.tracking.client import client as mlflow_client
-    from kdtune.tracking.writer import SweepWriter
-    from kdtune.tune.callbacks import MLflowCallback
-
     storage = Path(tempfile.mkdtemp(prefix="kdtune-bench-run-"))
     name = f"bench-tracking-{n}-{int(time.time())}"
     spec = parse_spec({"name": name, "storage": str(storage), "method": "scratch", "epochs": 10_000,
@@ -240,10 +252,8 @@ def run_one(url: str, n: int, seconds: float, interval: float, drain_timeout: fl
     gc.collect()
     rss0 = rss_peak = rss_mb()
 
-    rng = random.Random(n)
     trials = [FakeTrial(i) for i in range(n)]
     steps = max(1, round(seconds / interval))
-    sent: dict[str, dict[str, dict[int, float]]] = {t.trial_id: {k: {} for k in KEYS} for t in trials}
     t0 = time.perf_counter()
     # (due time, trial index, step): trials start spread over one interval, as a sweep's do
     due = [(t0 + i * interval / n, i, 0) for i in range(n)]
@@ -265,9 +275,8 @@ def run_one(url: str, n: int, seconds: float, interval: float, drain_timeout: fl
             cb.on_trial_start(0, trials, trial)
         else:
             result = {"epoch": step, "training_iteration": step, "time_this_iter_s": interval}
-            for k in KEYS:
-                result[k] = rng.random()
-                sent[trial.trial_id][k][step] = result[k]
+            for j, k in enumerate(KEYS):
+                result[k] = value(i, j, step)
             trial.last_result = result
             cb.on_trial_result(0, trials, trial, result)
             t_last = time.perf_counter()
@@ -287,7 +296,10 @@ def run_one(url: str, n: int, seconds: float, interval: float, drain_timeout: fl
     with c.lock:
         calls_window = sum(1 for t, _ in c.acked_at if t <= t_last)
         all_window = sum(1 for t in c.done_at if t <= t_last)
+        # the second half of the window: past the burst of trial starts, what is sustained
+        t_mid = t0 + window / 2
         points_window = max((p for t, p in c.acked_at if t <= t_last), default=0)
+        points_half = points_window - max((p for t, p in c.acked_at if t <= t_mid), default=0)
     # the lag at the end: until every point is acknowledged (bounded by --drain-timeout)
     while c.points < points_sent and time.perf_counter() - t_last < drain_timeout:
         depth_max = max(depth_max, _pending(writer))
@@ -299,7 +311,7 @@ def run_one(url: str, n: int, seconds: float, interval: float, drain_timeout: fl
     gc.collect()
     rss_end = rss_mb()
 
-    missing, dup, wrong = readback(url, name, sent)
+    missing, dup, wrong = readback(url, name, n, steps)
     spooled = spooled_points(spec)  # not sent, but saved for the next `--resume`: not lost
     lags = sorted(c.lags_ms)
     q = lambda p: round(lags[min(len(lags) - 1, int(p * len(lags)))] / 1000, 3) if lags else None  # noqa: E731
@@ -309,6 +321,7 @@ def run_one(url: str, n: int, seconds: float, interval: float, drain_timeout: fl
         "offered_results_per_s": round(n / interval, 1),
         "results_per_s": round(points_window / len(KEYS) / window, 1),
         "points_per_s": round(points_window / window, 1), "calls_per_s": round(calls_window / window, 1),
+        "results_per_s_2nd_half": round(points_half / len(KEYS) / (window / 2), 1),
         "mlflow_calls_per_s": round(all_window / window, 1),
         "log_batch_calls": c.calls.get("log_batch", 0), "mlflow_calls": sum(c.calls.values()),
         "depth_at_end": depth_end, "depth_max": depth_max,
@@ -323,9 +336,6 @@ def run_one(url: str, n: int, seconds: float, interval: float, drain_timeout: fl
 
 def spooled_points(spec) -> int:
     """Metric points in the pending spool (what the writer could not send before it closed)."""
-    from kdtune.spec.paths import run_dir
-    from kdtune.tracking.schema import PENDING_FILE
-
     path = run_dir(spec) / PENDING_FILE
     if not path.is_file():
         return 0
@@ -333,10 +343,14 @@ def spooled_points(spec) -> int:
     return sum(len(op.get("metrics") or ()) for seg in segments for op in seg["ops"] if op.get("op") == "log")
 
 
-def readback(url: str, name: str, sent: dict) -> tuple[int, int, int]:
-    """(lost, duplicated, wrong value) points: every trial run's metric history read back."""
-    from mlflow import MlflowClient
+def value(i: int, j: int, step: int) -> float:
+    """What trial ``i`` reports for metric ``j`` at ``step``: computed again at read-back, so
+    that the bench keeps no record of what it sent (its own memory would blur the driver's)."""
+    return ((i * 1_000_003 + j * 7_919 + step * 104_729) % 999_983) / 999_983
 
+
+def readback(url: str, name: str, n: int, steps: int) -> tuple[int, int, int]:
+    """(lost, duplicated, wrong value) points: every trial run's metric history read back."""
     c = MlflowClient(url)
     exp = c.get_experiment_by_name(name)
     runs, token = [], None
@@ -350,9 +364,10 @@ def readback(url: str, name: str, sent: dict) -> tuple[int, int, int]:
     by_trial = {r.data.tags["kdtune.trial_id"]: r.info.run_id for r in runs}
 
     def one(job):
-        tid, key = job
-        hist = c.get_metric_history(by_trial[tid], key) if tid in by_trial else []
-        want = sent[tid][key]
+        i, j = job
+        tid = FakeTrial.id_of(i)
+        hist = c.get_metric_history(by_trial[tid], KEYS[j]) if tid in by_trial else []
+        want = {step: value(i, j, step) for step in range(1, steps + 1)}
         got: dict[int, list[float]] = {}
         for m in hist:
             got.setdefault(m.step, []).append(m.value)
@@ -362,7 +377,7 @@ def readback(url: str, name: str, sent: dict) -> tuple[int, int, int]:
         return lost, dup, wrong
 
     with ThreadPoolExecutor(4) as pool:  # a bounded number of requests, 4 at a time
-        out = list(pool.map(one, [(t, k) for t in sent for k in KEYS]))
+        out = list(pool.map(one, [(i, j) for i in range(n) for j in range(len(KEYS))]))
     return tuple(sum(x[i] for x in out) for i in range(3))  # type: ignore[return-value]
 
 
@@ -376,12 +391,6 @@ def driver_costs(ns: list[int]) -> list[dict]:
     - ``trial_state_mb`` / ``_s``: the trials' part of Tune's experiment state (each trial's
       JSON state and run metadata), also written once per save.
     """
-    import pickle
-    import statistics
-
-    import optuna
-    from ray.tune.experiment import Trial
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
              "weight_decay": optuna.distributions.FloatDistribution(1e-6, 1e-2, log=True),
@@ -414,8 +423,8 @@ def driver_costs(ns: list[int]) -> list[dict]:
         blob = pickle.dumps(study)
         pickle_s = time.perf_counter() - t
         trials = []
-        for i in range(n):
-            tr = Trial("kd", config={k: study.trials[i].params[k] for k in dists}, trial_id=f"{i:05d}", stub=True)
+        for i, done in enumerate(study.get_trials(deepcopy=False)[:n]):
+            tr = Trial("kd", config=dict(done.params), trial_id=f"{i:05d}", stub=True)
             tr.run_metadata.last_result = {"val_acc": rng.random(), "epoch": 20, "training_iteration": 20,
                                            **{f"m{j}": rng.random() for j in range(10)}}
             trials.append(tr)
@@ -431,6 +440,7 @@ def driver_costs(ns: list[int]) -> list[dict]:
 
 def table(rows: list[dict]) -> str:
     cols = [("trials", "N"), ("offered_results_per_s", "offered/s"), ("results_per_s", "results/s"),
+            ("results_per_s_2nd_half", "2nd half/s"),
             ("points_per_s", "points/s"), ("calls_per_s", "calls/s"), ("depth_at_end", "depth@end"),
             ("lag_end_s", "lag@end s"), ("lag_p99_s", "lag p99 s"), ("producer_blocked_s", "blocked s"),
             ("rss_growth_peak_mb", "RSS+ MB"), ("spooled_points", "spooled"), ("lost", "lost"),
@@ -465,8 +475,6 @@ def main() -> None:
     services = None if args.tracking_uri else Services(args.workers)
     try:
         url = args.tracking_uri or services.start()
-        from mlflow import MlflowClient
-
         MlflowClient(url).search_experiments(max_results=1)  # imports and connections warm
         rows = [run_one(url, n, seconds, args.interval, args.drain_timeout) for n in ns]
     finally:

@@ -24,7 +24,7 @@ from kdtune.spec.schema import Spec, SpecError
 from kdtune.tracking.client import resolve_uri
 from kdtune.tracking.preflight import check_tracking
 from kdtune.tracking.query import best_trials, pareto, write_best_yaml
-from kdtune.tracking.summary import (optuna_storage_url, summarize_sweep,
+from kdtune.tracking.summary import (close_stale_trials, optuna_storage_url, summarize_sweep,
                                      write_sweep_report)
 from kdtune.training.checkpoint import save_state
 from kdtune.training.teacher import ensure_teacher, needs_teacher
@@ -107,6 +107,7 @@ def sweep(spec: SpecLike, *, resume: bool = False, overrides: list[str] | tuple[
     if callbacks:  # the tracking store answers (and takes writes) before Ray starts
         check_tracking(s)
     result = run_sweep(s, resume=resume, callbacks=callbacks, log=log, verbose=verbose)
+    close_stale_trials(s, log=log)  # the persisted study: no trial left RUNNING
     if callbacks:
         measure_latency(result, log=log)  # alone on the driver: trials share cores
         summarize_sweep(result, log=log)  # the answer on the parent run: best, leaderboard, plots

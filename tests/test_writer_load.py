@@ -16,10 +16,16 @@ import threading
 import time
 
 import pytest
+from mlflow import MlflowClient
 
 from test_tracking import FakeTrial, write_spec
 
+from kdtune.checks import load_spec
 from kdtune.spec import paths
+from kdtune.tracking import PENDING_FILE, SweepWriter, client
+from kdtune.tracking.ops import End, Log, StartChild, StartParent
+from kdtune.tracking.queue import OpQueue
+from kdtune.tune.callbacks import MLflowCallback
 
 KEYS = ("val_acc", "loss", "ce")
 
@@ -43,18 +49,11 @@ class Counting:
 
 @pytest.fixture
 def spec(tmp_path, monkeypatch):
-    from kdtune.checks import load_spec
-
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return load_spec(write_spec(tmp_path / "spec.yaml", name="load", method="scratch", epochs=4))
 
 
 def test_64_trials_every_point_once_and_writes_coalesced(spec):
-    from mlflow import MlflowClient
-
-    from kdtune.tracking import SweepWriter, client
-    from kdtune.tune.callbacks import MLflowCallback
-
     gate = threading.Event()  # the store answers only once every result is queued
     made: list[Counting] = []
 
@@ -109,10 +108,6 @@ def test_64_trials_every_point_once_and_writes_coalesced(spec):
 
 
 def test_bounded_queue_waits_for_room_and_never_drops_the_end(spec):
-    from mlflow import MlflowClient
-
-    from kdtune.tracking import SweepWriter, client
-
     # 1. the store is stuck: over the bound a put waits (up to max_block_s), then queues anyway
     gate = threading.Event()
 
@@ -163,10 +158,6 @@ def test_bounded_queue_waits_for_room_and_never_drops_the_end(spec):
 
 
 def test_a_store_that_is_down_makes_no_producer_wait(spec):
-    import mlflow.exceptions  # noqa: F401 - imported here, not timed below (the writer classifies with it)
-
-    from kdtune.tracking import PENDING_FILE, SweepWriter
-
     class Down:
         def __getattr__(self, name):
             def call(*a, **kw):
@@ -191,8 +182,6 @@ def test_queue_gives_a_run_to_one_lane_at_a_time_and_nothing_passes_the_parent()
     """The queue alone (no MLflow), as the writer's lanes use it: ``next`` hands out batches of
     different runs at once, a run's next batch only after its previous one is given back, and
     the parent's operations wait for the lanes and let nothing pass."""
-    from kdtune.tracking.ops import End, Log, StartChild, StartParent
-    from kdtune.tracking.queue import OpQueue
 
     def child(k):
         return StartChild(key=k, trial_id=k, name=k, tags={}, params={}, config_yaml="", spec_yaml="")

@@ -327,3 +327,24 @@ def write_sweep_report(uri: str, sweep: str | None = None, out: str | Path | Non
     target = Path(out) if out else report_path(parent, name, spec)
     title = f"kdtune sweep {name}"
     return write_report(target, title, _sections(name, records, methods), metric, mode)
+
+
+def close_stale_trials(spec: Spec, log: Log = print) -> int:
+    """After a sweep ends: Optuna trials of its persisted study still RUNNING (asked for by a
+    driver that was killed before Tune recorded them) are marked FAIL, so optuna-dashboard and a
+    later resume never see a run that nothing is running. Returns how many."""
+    url = optuna_storage_url(spec)
+    if url is None:
+        return 0
+    try:
+        storage = optuna.storages.get_storage(url)
+        study_id = storage.get_study_id_from_name(spec.name)
+    except Exception:  # noqa: BLE001 - no study (yet): nothing to close
+        return 0
+    stale = [t for t in storage.get_all_trials(study_id, deepcopy=False)
+             if t.state == optuna.trial.TrialState.RUNNING]
+    for t in stale:
+        storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+    if stale:
+        log(f"Optuna: {len(stale)} trial(s) a killed driver had started closed as FAIL")
+    return len(stale)

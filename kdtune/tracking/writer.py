@@ -84,8 +84,8 @@ class SweepWriter:
         self._queue = OpQueue(
             int(os.environ.get("KDTUNE_MLFLOW_QUEUE_MAX", 10_000)) if max_queue is None else max_queue,
             float(os.environ.get("KDTUNE_MLFLOW_BLOCK_S", 2.0)) if max_block_s is None else max_block_s)
-        remote = is_remote(self.uri)
-        self.lanes = max(1, int(os.environ.get("KDTUNE_MLFLOW_LANES", 4)) if lanes is None else lanes) if remote else 1
+        lanes = int(os.environ.get("KDTUNE_MLFLOW_LANES", 4)) if lanes is None else lanes
+        self.lanes = max(1, lanes) if is_remote(self.uri) else 1
         self._threads: list[threading.Thread] = []
         self._ready = threading.Event()  # the earlier run's writes are replayed: lanes may start
         self._lock = threading.Lock()  # counters and the client, shared by the lanes

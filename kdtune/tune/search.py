@@ -110,7 +110,7 @@ class MainEpochOptunaSearch(OptunaSearch):
         if all(m in result for m in metrics) and "epoch" in result:
             try:
                 super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
-            except RuntimeError as e:  # a resumed trial Optuna's persisted study has finished
+            except Exception as e:  # noqa: BLE001 - a resumed trial the persisted study has closed
                 logger.warning("Optuna did not take a result of trial %s: %s", trial_id, e)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
