@@ -7,32 +7,27 @@ line and exits 2 before anything is submitted; an unreachable cluster exits 1.
 
 from __future__ import annotations
 
-import functools
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from kdtune.cli.common import err, fail, guarded
+from kdtune.cli.common import exits_on, err, fail, guarded
 
 ADDRESS_HELP = ("The cluster's Ray Jobs API, e.g. http://HEAD:8265 "
                 "(default: $RAY_API_SERVER_ADDRESS, then $RAY_ADDRESS).")
 AddressOpt = typer.Option(None, "--address", help=ADDRESS_HELP)
 
 
-def _cluster_errors(fn):
-    """ClusterError (the cluster, not the input) → one line on stderr, exit code 1."""
+def _cluster_error() -> type[BaseException]:
+    from kdtune.cluster import ClusterError  # lazy: kdtune.cluster imports Ray's job client
 
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        from kdtune.cluster import ClusterError
+    return ClusterError
 
-        try:
-            return fn(*a, **kw)
-        except ClusterError as e:
-            fail(str(e), code=1)
-    return wrapper
+
+# ClusterError (the cluster, not the input) → one line on stderr, exit code 1
+_cluster_errors = exits_on(_cluster_error, 1)
 
 
 def _out(text: str) -> None:

@@ -7,7 +7,7 @@ and exits 2; nothing has started by then.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import typer
 from rich.console import Console
@@ -28,16 +28,24 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def guarded(fn):
-    """Turn SpecError (bad input) into one line on stderr and exit code 2."""
+def exits_on(kind: Callable[[], type[BaseException]], code: int,
+             text: Callable[[BaseException], str] = str):
+    """A decorator: an exception of ``kind()`` (a function, so a heavy module is imported only
+    when the command runs) becomes one line on stderr and exit ``code``."""
+    def decorate(fn):
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            caught = kind()
+            try:
+                return fn(*a, **kw)
+            except caught as e:
+                fail(text(e), code)
+        return wrapper
+    return decorate
 
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        try:
-            return fn(*a, **kw)
-        except SpecError as e:
-            fail(str(e))
-    return wrapper
+
+# SpecError (bad input) → one line, exit 2: every command that reads a spec or a store
+guarded = exits_on(lambda: SpecError, 2)
 
 
 def say(msg: str) -> None:

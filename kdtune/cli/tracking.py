@@ -9,7 +9,6 @@ an unreachable store exits 1.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
@@ -18,7 +17,7 @@ from typing import Optional
 
 import typer
 
-from kdtune.cli.common import console, fail, guarded, say, short
+from kdtune.cli.common import exits_on, console, fail, guarded, say, short
 
 SpecOpt = typer.Option(None, "--spec", help="A spec: its tracking store (and sweep name).")
 UriOpt = typer.Option(None, "--tracking-uri", help="The MLflow store or server (overrides --spec).")
@@ -28,20 +27,18 @@ MaxLatencyOpt = typer.Option(None, "--max-latency-ms", help="Only trials with la
                              "(measured on the driver after the sweep).")
 
 
-def _store_errors(fn):
-    """An unreachable/broken tracking store → one line, exit 1 (SpecError → exit 2 via guarded)."""
+def _mlflow_error() -> type[BaseException]:
+    from mlflow.exceptions import MlflowException  # lazy: MLflow takes seconds to import
 
-    @functools.wraps(fn)
-    def wrapper(*a, **kw):
-        from mlflow.exceptions import MlflowException  # lazy: MLflow takes seconds to import
+    return MlflowException
 
 
-        try:
-            return fn(*a, **kw)
-        except MlflowException as e:
-            first = (str(e).strip().splitlines() or ["?"])[0]
-            fail(f"tracking store: {first[:300]}", code=1)
-    return wrapper
+def _store_text(e: BaseException) -> str:
+    return "tracking store: " + (str(e).strip().splitlines() or ["?"])[0][:300]
+
+
+# an unreachable/broken tracking store → one line, exit 1 (SpecError → exit 2 via guarded)
+_store_errors = exits_on(_mlflow_error, 1, _store_text)
 
 
 def _store(spec: Optional[Path], uri: Optional[str]):
