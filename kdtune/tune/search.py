@@ -21,6 +21,8 @@ from kdtune.tracking.summary import optuna_storage
 from kdtune.tune._ray_compat import optuna_study
 from kdtune.tune.warm import observations
 
+logger = logging.getLogger(__name__)
+
 
 class _DefineByRun:
     """A picklable define-by-run callable (Tune saves the searcher with the experiment)."""
