@@ -1,5 +1,10 @@
 """Compare methods on one spec: each run × seed trained with `kdtune train` semantics.
 
+Two modes. ``--run`` rows train fixed configurations (paper defaults plus overrides).
+``--table FILE`` reruns a whole results table from one YAML file: per row a kdtune sweep
+(`kdtune sweep run`), then the sweep's best.yaml re-trained on every seed (`kdtune train
+best.yaml --seed N`), with means and 95 % confidence intervals (see ``run_table``).
+
 Resumable: results are appended as JSON lines to --out, and a (label, seed) already there is
 skipped. Prints a markdown table of test accuracy (mean ± std over seeds) and any extra
 test metrics (accuracy under corruption).
@@ -23,13 +28,20 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("spec")
-    ap.add_argument("--run", action="append", required=True, help="LABEL:key=value key=value ...")
+    ap.add_argument("spec", nargs="?")
+    ap.add_argument("--run", action="append", default=[], help="LABEL:key=value key=value ...")
+    ap.add_argument("--table", help="a table file (YAML): sweeps, then re-runs of their best")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--set", dest="sets", action="append", default=[], help="applies to every run")
-    ap.add_argument("--out", required=True, help="JSON-lines results file (resumable)")
+    ap.add_argument("--out", help="JSON-lines results file (resumable)")
     ap.add_argument("--table-only", action="store_true")
+    ap.add_argument("--only", nargs="+", help="--table: only these rows' labels")
     a = ap.parse_args(argv)
+    if a.table:
+        from compare_table import run_table  # scripts/compare_table.py
+        return run_table(Path(a.table), table_only=a.table_only, only=a.only)
+    if not (a.spec and a.run and a.out):
+        ap.error("give SPEC, --run ... and --out, or --table FILE")
 
     out = Path(a.out)
     done = {}

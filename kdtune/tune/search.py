@@ -105,6 +105,7 @@ class MainEpochOptunaSearch(OptunaSearch):
 
     def __init__(self, *args: Any, max_epochs: int | None = None, **kwargs: Any) -> None:
         self.max_epochs = max_epochs
+        self._refused: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -113,7 +114,10 @@ class MainEpochOptunaSearch(OptunaSearch):
             try:
                 super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
             except Exception as e:  # noqa: BLE001 - a resumed trial the persisted study has closed
-                logger.warning("Optuna did not take a result of trial %s: %s", trial_id, e)
+                refused = self.__dict__.setdefault("_refused", set())  # a restored searcher
+                if trial_id not in refused:  # once per trial, not once per epoch
+                    refused.add(trial_id)
+                    logger.warning("Optuna did not take the results of trial %s: %s", trial_id, e)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         """A trial ASHA stopped before ``max_epochs`` is told to Optuna as PRUNED (with the

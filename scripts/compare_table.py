@@ -1,0 +1,209 @@
+"""A whole results table from one YAML file: per row a kdtune sweep, then its best configuration
+re-trained on every seed; means with 95 % confidence intervals (Student's t over seeds).
+
+    python scripts/compare.py --table examples/evidence-g2s.yaml [--only kd scratch] [--table-only]
+
+Each step is one JSON line in the table's ``out`` file and is skipped when it is already there,
+so an interrupted table continues where it stopped (a sweep cut off mid-way is resumed with
+`kdtune sweep run --resume`). A row is what a user would type:
+
+    kdtune sweep run SPEC --set name=SPECNAME-LABEL --set ...     (the row's sweep)
+    kdtune train <storage>/SPECNAME-LABEL/best.yaml --seed N       (each re-run)
+
+``double_epochs: true`` on a row also re-trains its best configuration at twice the epochs: the
+convergence check (converged when the mean moves by less than the interval's half-width).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Row(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    label: str
+    sets: list[str] = Field([], description="--set items of this row (sweep and re-runs)")
+    sweep: bool = Field(True, description="false: re-train the spec as given (no search)")
+    seeds: list[int] | None = Field(None, description="default: the table's seeds")
+    double_epochs: bool = Field(False, description="also re-train the best at 2× epochs")
+    compare_to: list[str] = Field([], description="other rows' labels: the paired (same seed) "
+                                  "difference of test_acc with its 95 % CI")
+
+
+class Table(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    spec: str = Field(description="the spec, relative to the table file")
+    out: str = Field(description="JSON-lines records, relative to the working directory")
+    seeds: list[int] = [0, 1, 2, 3, 4]
+    sets: list[str] = Field([], description="--set items for every sweep and re-run")
+    sweep_sets: list[str] = Field([], description="--set items for the sweeps only")
+    rows: list[Row]
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", label).strip("-")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_table(path: Path, *, table_only: bool = False, only: list[str] | None = None) -> int:
+    table = Table.model_validate(yaml.safe_load(path.read_text()))
+    spec_path = (path.parent / table.spec).resolve()
+    out = Path(table.out)
+    records = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+    if not table_only:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for row in table.rows:
+            if only and row.label not in only:
+                continue
+            records += run_row(table, row, spec_path, out, records)
+    print(render(table, spec_path, records))
+    return 0
+
+
+def _append(out: Path, rec: dict[str, Any]) -> dict[str, Any]:
+    with out.open("a") as f:
+        f.write(json.dumps(rec, default=str) + "\n")
+    return rec
+
+
+def run_row(table: Table, row: Row, spec_path: Path, out: Path, records: list[dict]) -> list[dict]:
+    from kdtune import api
+    from kdtune.checks import load_spec
+    from kdtune.spec.paths import run_dir
+
+    new: list[dict] = []
+    base = load_spec(spec_path, table.sets + row.sets)
+    name = f"{base.name}-{slug(row.label)}"
+    source, source_sets = str(spec_path), table.sets + row.sets
+    if row.sweep:
+        done = [r for r in records if r["kind"] == "sweep" and r["label"] == row.label]
+        if not done:
+            sets = table.sets + table.sweep_sets + row.sets + [f"name={name}"]
+            spec = load_spec(spec_path, sets)
+            resume = Path(run_dir(spec)).exists()
+            log(f"[{row.label}] sweep {name}{' (resuming)' if resume else ''}")
+            t0 = time.time()
+            res = api.sweep(spec, resume=resume, log=log)
+            done = [_append(out, {
+                "kind": "sweep", "label": row.label, "sweep": name, "sets": sets,
+                "wall_s": round(time.time() - t0, 1), "resumed": resume,
+                "trials": len(res.trials), "errors": len(res.errors),
+                "stopped": sum(t.status == "stopped" for t in res.trials),
+                "epochs_run": sum(t.epochs for t in res.trials),
+                "best_val": res.best.value if res.best else None,
+                "best_config": res.best.config if res.best else None,
+                "best_yaml": res.best_yaml})]
+            new += done
+        source, source_sets = done[-1]["best_yaml"], []
+    epochs = load_spec(source, source_sets).epochs
+    plan = [(s, epochs) for s in (row.seeds or table.seeds)]
+    if row.double_epochs:
+        plan += [(s, 2 * epochs) for s in (row.seeds or table.seeds)]
+    for seed, ep in plan:
+        if any(r["kind"] == "rerun" and r["label"] == row.label and r["seed"] == seed
+               and r["epochs"] == ep for r in records + new):
+            continue
+        t0 = time.time()
+        res = api.train(source, seed=seed, overrides=source_sets + [f"epochs={ep}"], log=lambda m: None)
+        new.append(_append(out, {
+            "kind": "rerun", "label": row.label, "seed": seed, "epochs": ep, "source": source,
+            "sets": source_sets, "seconds": round(time.time() - t0, 1),
+            "test_acc": res.test_acc, "val_acc": res.metrics.get("val_acc"),
+            "params_count": res.metrics.get("params_count"), "config": res.config,
+            **{k: v for k, v in res.metrics.items() if k.startswith("test_acc/")}}))
+        log(f"[{row.label}] seed {seed}, {ep} epochs: test_acc {res.test_acc:.4f} "
+            f"({new[-1]['seconds']} s)")
+    return new
+
+
+def ci95(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95 % Student-t interval."""
+    from scipy.stats import t  # scikit-learn's dependency
+
+    m = statistics.mean(xs)
+    if len(xs) < 2:
+        return m, math.nan
+    return m, float(t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def _short(config: dict | None, common: set[str]) -> str:
+    if not config:
+        return "-"
+    def fmt(v: Any) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    first = [k for k in config if k not in common] + [k for k in config if k in common]
+    return ", ".join(f"{k} {fmt(config[k])}" for k in first)
+
+
+def _paired(records: list[dict], row: Row, epochs: int) -> str:
+    """Mean of (this row − other) over the seeds both have, its 95 % CI, and wins."""
+    return "; ".join(_pair(records, row.label, other, epochs) for other in row.compare_to)
+
+
+def _pair(records: list[dict], label: str, other: str, epochs: int) -> str:
+    def by_seed(label: str) -> dict[int, float]:
+        return {r["seed"]: r["test_acc"] for r in records
+                if r["kind"] == "rerun" and r["label"] == label and r["epochs"] == epochs}
+    a, b = by_seed(label), by_seed(other)
+    d = [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
+    if not d:
+        return "-"
+    m, h = ci95(d)
+    return (f"{m:+.4f} ± {h:.4f} vs {other} (higher on {sum(x > 0 for x in d)}/{len(d)})"
+            if len(d) > 1 else f"{m:+.4f} vs {other}")
+
+
+def render(table: Table, spec_path: Path, records: list[dict]) -> str:
+    common = {"lr", "weight_decay", "batch_size", "optimizer"}
+    # accuracy under corruption (spec.corruption), e.g. test_acc/pixels_0.3
+    extra = sorted({k for r in records for k in r if k.startswith("test_acc/")},
+                   key=lambda k: float(k.rsplit("_", 1)[-1]))
+    searched = any(r["kind"] == "sweep" for r in records)
+    paired = any(row.compare_to for row in table.rows)
+    head = ["row", "test_acc, mean ± 95 % CI", "seeds", *extra, *(["paired Δ (same seeds)"] if paired else []),
+            *(["sweep wall", "trials (ASHA-stopped)", "best val_acc", "best parameters"] if searched else []),
+            "s/re-run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    conv = ["| row | epochs E: test_acc | 2E: test_acc | change | E's CI half-width | converged |", "|---|---|---|---|---|---|"]
+    for row in table.rows:
+        sw = [r for r in records if r["kind"] == "sweep" and r["label"] == row.label]
+        rr = [r for r in records if r["kind"] == "rerun" and r["label"] == row.label]
+        if not rr:
+            continue
+        e = min(r["epochs"] for r in rr)
+        accs = [r["test_acc"] for r in rr if r["epochs"] == e]
+        m, h = ci95(accs)
+        s = sw[-1] if sw else None
+        cells = [row.label, f"{m:.4f}" + (f" ± {h:.4f}" if len(accs) > 1 else ""), str(len(accs))]
+        for k in extra:
+            xs = [r[k] for r in rr if r["epochs"] == e and k in r]
+            mk, hk = ci95(xs) if xs else (math.nan, math.nan)
+            cells.append("-" if not xs else f"{mk:.4f}" + (f" ± {hk:.4f}" if len(xs) > 1 else ""))
+        if paired:
+            cells.append(_paired(records, row, e))
+        if searched:
+            cells += [f"{s['wall_s'] / 60:.1f} min" if s else "-",
+                      f"{s['trials']} ({s['stopped']})" if s else "-",
+                      f"{s['best_val']:.4f}" if s and s["best_val"] is not None else "-",
+                      _short(s["best_config"], common) if s else "not searched"]
+        cells.append(f"{statistics.mean(r['seconds'] for r in rr if r['epochs'] == e):.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+        longer = [r["test_acc"] for r in rr if r["epochs"] == 2 * e]
+        if longer:
+            m2, _ = ci95(longer)
+            conv.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs)}) | {2 * e}: {m2:.4f} (n={len(longer)}) "
+                        f"| {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} |")
+    return "\n".join(lines + ([""] + conv if len(conv) > 2 else []))

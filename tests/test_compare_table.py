@@ -1,0 +1,53 @@
+"""scripts/compare.py --table: a sweep per row, its best.yaml re-trained per seed, resumable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(table: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--table", str(table), *extra],
+                          cwd=table.parent, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_table_sweeps_reruns_best_and_resumes(tmp_path):
+    table = tmp_path / "table.yaml"
+    table.write_text(yaml.safe_dump({
+        "spec": str(ROOT / "examples" / "quickstart.yaml"), "out": "records.jsonl", "seeds": [0, 1],
+        "sets": ["epochs=1", "teacher.epochs=1", f"storage={tmp_path / 'res'}"],
+        "sweep_sets": ["search.num_samples=2"],
+        "rows": [{"label": "teacher", "sets": ["method=pretrained"], "sweep": False, "seeds": [0]},
+                 {"label": "kd+x", "sets": ["method=kd"], "double_epochs": True,
+                  "compare_to": ["teacher"]}]}))
+    p = _run(table)
+    assert p.returncode == 0, p.stderr[-3000:]
+    recs = [json.loads(x) for x in (tmp_path / "records.jsonl").read_text().splitlines()]
+    sweeps = [r for r in recs if r["kind"] == "sweep"]
+    assert len(sweeps) == 1 and sweeps[0]["sweep"] == "quickstart-kd-x" and sweeps[0]["trials"] == 2
+    best = Path(sweeps[0]["best_yaml"])
+    assert best.is_file()
+    reruns = [r for r in recs if r["kind"] == "rerun" and r["label"] == "kd+x"]
+    # the re-runs train the sweep's best configuration, at E and 2E epochs, on each seed
+    assert sorted((r["seed"], r["epochs"]) for r in reruns) == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    assert all(r["source"] == str(best) for r in reruns)
+    assert reruns[0]["config"] == {k: v for k, v in sweeps[0]["best_config"].items() if k in reruns[0]["config"]}
+    assert [r["label"] for r in recs if r["kind"] == "rerun"].count("teacher") == 1
+    assert "| kd+x |" in p.stdout and "| teacher |" in p.stdout and "converged" in p.stdout
+    teacher = next(r["test_acc"] for r in recs if r["label"] == "teacher")
+    kd0 = next(r["test_acc"] for r in reruns if r["seed"] == 0 and r["epochs"] == 1)
+    assert f"{kd0 - teacher:+.4f} vs teacher" in p.stdout  # paired on the one seed both have
+
+    again = _run(table)  # everything recorded: nothing re-run, the same table
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len((tmp_path / "records.jsonl").read_text().splitlines()) == len(recs)
+    assert again.stdout == p.stdout
