@@ -1,7 +1,7 @@
 """A whole results table from one YAML file: per row a kdtune sweep, then its best configuration
 re-trained on every seed; means with 95 % confidence intervals (Student's t over seeds).
 
-    python scripts/compare.py --table examples/evidence-g2s.yaml [--only kd scratch] [--table-only]
+    python scripts/compare.py --table examples/tables/evidence-g2s.yaml [--only kd scratch] [--table-only]
 
 Each step is one JSON line in the table's ``out`` file and is skipped when it is already there,
 so an interrupted table continues where it stopped (a sweep cut off mid-way is resumed with
