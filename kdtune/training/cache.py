@@ -273,11 +273,15 @@ class TeacherOutputs:
 
 
 # --------------------------------------------------------------------------- driver and trial
+GPU_NEEDS_KEY = "outputs_on_gpu_node"  # prepare_shared's ask: build these outputs on a GPU node
+
+
 def prepare_shared(spec: Spec, teacher, log: Callable[[str], None] = print) -> dict[str, Any] | None:
     """Once per sweep, on the driver: the data view and (where it serves) the teacher outputs.
 
     Returns the reference trials receive (plain data: paths). Its ``outputs`` is None when no
-    method can use the cache or the trials' device is not here; None when nothing could be
+    method can use the cache or the trials' device is not here (then ``GPU_NEEDS_KEY`` lists
+    what ``kdtune.tune.gpu_cache`` should build on a GPU node); None when nothing could be
     written (each trial then loads the data and runs the teacher itself, as without it)."""
     try:
         return _prepare(spec, teacher, log)
@@ -297,7 +301,7 @@ def _prepare(spec: Spec, teacher, log: Callable[[str], None]) -> dict[str, Any]:
         return ref
     dev_type = trial_device_type(spec)
     if dev_type == "cuda" and not torch.cuda.is_available():
-        log("teacher outputs: trials run on GPUs this driver cannot see: live teacher")
+        ref[GPU_NEEDS_KEY] = list(needs)  # built in a GPU task: kdtune.tune.gpu_cache
         return ref
     device = torch.device("cuda" if dev_type == "cuda" else dev_type)
     ref["outputs"] = str(build_teacher_outputs(spec, teacher, data, needs, device, log))

@@ -22,6 +22,7 @@ from kdtune.spec.load import dump_spec
 from kdtune.spec.paths import BEST_FILE, SPEC_FILE, experiment_path, is_uri
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.training.cache import prepare_shared
+from kdtune.tune.gpu_cache import build_on_gpu_node
 from kdtune.training.teacher import ensure_teacher, needs_teacher
 from kdtune.tune._ray_compat import init_local_loopback, replace_callbacks
 from kdtune.tune._ray_compat import trial_number as ray_trial_number
@@ -229,6 +230,7 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
     teacher = ensure_teacher(spec, log=log) if needs_teacher(spec) else None
     # once per sweep: the data view and teacher outputs every trial on this node memory-maps
     shared = prepare_shared(spec, teacher, log=log)
+    shared = build_on_gpu_node(spec, teacher, shared, log=log)  # GPU trials, CPU driver
     trainable = make_trainable(spec, teacher, shared=shared)
     guard = Guard(spec.max_consecutive_failures)
     cbs = [Progress(spec.objective, spec.direction, spec.epochs, num_samples=spec.search.num_samples),
