@@ -177,7 +177,8 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
             *(["sweep wall", "trials (ASHA-stopped)", "best val_acc", "best parameters"] if searched else []),
             "s/re-run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    conv = ["| row | epochs E: test_acc | 2E: test_acc | change | E's CI half-width | converged |", "|---|---|---|---|---|---|"]
+    conv = ["| row | epochs E: test_acc | 2E: test_acc | change | E's CI half-width | converged | paired Δ at 2E |",
+            "|---|---|---|---|---|---|---|"]
     for row in table.rows:
         sw = [r for r in records if r["kind"] == "sweep" and r["label"] == row.label]
         rr = [r for r in records if r["kind"] == "rerun" and r["label"] == row.label]
@@ -205,5 +206,6 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
         if longer:
             m2, _ = ci95(longer)
             conv.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs)}) | {2 * e}: {m2:.4f} (n={len(longer)}) "
-                        f"| {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} |")
+                        f"| {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
+                        f"| {_paired(records, row, 2 * e) or '-'} |")
     return "\n".join(lines + ([""] + conv if len(conv) > 2 else []))
