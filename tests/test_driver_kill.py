@@ -154,3 +154,35 @@ def test_sigkill_at_seeded_moments_then_resume(tmp_path):
     dirs = [d for d in exp.glob("kd_*") if (d / "result.json").is_file()]
     assert len(dirs) == TRIALS, sorted(d.name for d in dirs)
     assert (exp / "best.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_resume_in_a_fresh_process_takes_stage_reports(tmp_path):
+    """A method with a pre-stage (ft's paraphraser) reports results without the metric; a
+    resumed sweep in a new process must accept them as the first run did (Tune's strict metric
+    check is off on both paths)."""
+    spec = {"name": "stage", "data": {"name": "digits", "train_limit": 1500, "val_fraction": 0.3},
+            "teacher": {"model": "cnn4", "epochs": 1},
+            "student": {"model": "cnn_small", "kwargs": {"width": 0.25}},
+            "method": "ft", "params": {"paraphraser_epochs": 20}, "epochs": 1,
+            "search": {"num_samples": 1, "seed": 0}, "scheduler": {"type": "none"},
+            "resources": {"cpu": 1, "gpu": 0}, "storage": str(tmp_path / "res")}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    exp = tmp_path / "res" / "stage"
+    kdtune = str(Path(sys.executable).parent / "kdtune")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "TUNE_DISABLE_STRICT_METRIC_CHECKING")}
+    env.update(PYTHONUNBUFFERED="1", KDTUNE_RAY_SESSIONS=str(tmp_path / "sessions"))
+
+    def staged() -> bool:  # the trial has started, and reported none of its main epochs
+        rs = [r for d in exp.glob("ft_*") for r in rows(d)]
+        return any(exp.glob("ft_*")) and not any("val_acc" in r for r in rs)
+
+    log = tmp_path / "run1.log"
+    kill_when(driver([kdtune, "sweep", "run", str(path)], log, env), log, staged)
+    # resumed, the trial starts again (no checkpoint before its first main epoch): stage reports
+    out = subprocess.run([kdtune, "sweep", "run", str(path), "--resume"], capture_output=True,
+                         text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    assert "did not include the specified metric" not in out.stdout + out.stderr
+    assert (exp / "best.yaml").is_file()

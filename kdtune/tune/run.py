@@ -68,13 +68,17 @@ def trial_dirname(trial) -> str:
     return f"{trial_name(trial)}_{trial.trial_id}"  # the id keeps folders unique on resume
 
 
-def build_tuner(spec: Spec, trainable, callbacks: Sequence[Any] = (), stop: Any = None):
-    """The Tuner for a spec and a trainable from ``make_trainable`` (resources attached)."""
-
+def tune_env() -> None:
+    """Tune settings every sweep needs, new or resumed (read by Tune's controller)."""
     # Stage reports carry no metric by design; Tune's strict check would reject them.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     # A checkpoint per epoch with num_to_keep forces a state snapshot each time; that is wanted.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def build_tuner(spec: Spec, trainable, callbacks: Sequence[Any] = (), stop: Any = None):
+    """The Tuner for a spec and a trainable from ``make_trainable`` (resources attached)."""
+    tune_env()
     # The limiter also sets how many trials Tune starts at once (without it, one at a time:
     # each waits for the previous trial's worker to start): what fits the cluster now.
     # (an autoscaling cluster may fit none yet: then as many as the sweep has)
@@ -236,6 +240,7 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
     cbs = [Progress(spec.objective, spec.direction, spec.epochs, num_samples=spec.search.num_samples),
            guard, session.Recorder(), *callbacks]
     if resume:
+        tune_env()  # a resumed sweep in a fresh process: build_tuner never ran here
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         # the callbacks pickled with the experiment are this process's to replace
         replace_callbacks(tuner, cbs, stop=guard)
