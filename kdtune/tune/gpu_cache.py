@@ -27,7 +27,7 @@ from kdtune.training.cache import (GPU_NEEDS_KEY, _write, build_teacher_outputs,
 from kdtune.training.ship import localize, read_bundle
 from kdtune.training.teacher import TeacherArtifact
 
-TIMEOUT_S = 1800  # waiting for a GPU node (an autoscaler may have to start one)
+TIMEOUT_S = 300  # waiting for a GPU node (an autoscaler may have to start one); then live
 
 
 def build_on_gpu_node(spec: Spec, teacher: TeacherArtifact | None, shared: dict[str, Any] | None,
