@@ -39,6 +39,8 @@ def arrays(folder: str) -> dict[str, np.ndarray]:
 
 @pytest.fixture
 def fake_gpu_ray():
+    if ray.is_initialized():  # an earlier in-process sweep's local Ray has no GPU
+        ray.shutdown()
     ray.init(num_cpus=2, num_gpus=1, include_dashboard=False)
     yield
     ray.shutdown()
