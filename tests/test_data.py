@@ -304,7 +304,8 @@ def test_missing_files_say_where_and_what_to_set(tmp_path, name):
 def test_dataset_contract(name, roots):
     """Every registered dataset: uint8 NCHW splits, labels in range, one mean/std per channel."""
     if name != "digits" and name not in roots:
-        pytest.skip(f"no test data for plugin dataset {name!r}")
+        pytest.skip(f"no test data for plugin dataset {name!r}: this test makes files only for "
+                    "the built-in datasets")
     raw = raw_data(name, root=roots.get(name))
     for x, y in ((raw.train_x, raw.train_y), (raw.test_x, raw.test_y)):
         assert x.dtype == torch.uint8 and x.dim() == 4 and x.shape[2] == x.shape[3]

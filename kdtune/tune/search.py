@@ -105,7 +105,6 @@ class MainEpochOptunaSearch(OptunaSearch):
 
     def __init__(self, *args: Any, max_epochs: int | None = None, **kwargs: Any) -> None:
         self.max_epochs = max_epochs
-        self._refused: set[str] = set()
         super().__init__(*args, **kwargs)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -114,7 +113,8 @@ class MainEpochOptunaSearch(OptunaSearch):
             try:
                 super().on_trial_result(trial_id, {**result, "training_iteration": result["epoch"]})
             except Exception as e:  # noqa: BLE001 - a resumed trial the persisted study has closed
-                refused = self.__dict__.setdefault("_refused", set())  # a restored searcher
+                # trials Optuna refused (kept here only: a restored searcher may predate it)
+                refused = self.__dict__.setdefault("_refused", set())
                 if trial_id not in refused:  # once per trial, not once per epoch
                     refused.add(trial_id)
                     logger.warning("Optuna did not take the results of trial %s: %s", trial_id, e)
