@@ -22,10 +22,10 @@ from kdtune.spec.load import dump_spec
 from kdtune.spec.paths import BEST_FILE, SPEC_FILE, experiment_path, is_uri
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.training.cache import prepare_shared
-from kdtune.tune.gpu_cache import build_on_gpu_node
 from kdtune.training.teacher import ensure_teacher, needs_teacher
 from kdtune.tune._ray_compat import init_local_loopback, replace_callbacks
 from kdtune.tune._ray_compat import trial_number as ray_trial_number
+from kdtune.tune.gpu_cache import build_on_gpu_node
 from kdtune.tune import session
 from kdtune.tune.guard import Guard, SweepFailing
 from kdtune.tune.naming import make_name, trial_seed
