@@ -496,6 +496,10 @@ def test_retries_and_a_restarted_driver_make_no_duplicate_runs(lite_spec, tmp_pa
     cb2 = MLflowCallback(lite_spec, resume=True, log=lambda m: None)  # `sweep run --resume`
     cb2.setup()
     cb2.on_trial_start(0, [t], t)
+    # the killed driver's last snapshot had no checkpoint of this trial: it runs from epoch 1
+    # again, and the epochs its run already has are not logged a second time
+    cb2.on_trial_result(0, [t], t, {"epoch": 1, "val_acc": 0.55, "loss": 1.0})
+    cb2.on_trial_result(0, [t], t, {"epoch": 2, "val_acc": 0.6, "loss": 0.8})
     t.last_result, t.checkpoint = {"epoch": 2, "val_acc": 0.6}, Checkpoint.from_directory(str(ckdir))
     cb2.on_trial_complete(0, [t], t)
     bad = FakeTrial(2, {"lr": 9.0, "batch_size": 32})

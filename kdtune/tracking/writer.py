@@ -91,6 +91,9 @@ class SweepWriter:
         self._lock = threading.Lock()  # counters and the client, shared by the lanes
         self._new_parent: str | None = None  # the parent run this writer created (no children yet)
         self._tried: set[str] = set()  # trial runs whose creation was attempted
+        # a run found again (a restarted driver): the steps it has, so that a trial the killed
+        # driver's last snapshot sends back to an earlier checkpoint never logs an epoch twice
+        self._have: dict[str, dict[str, set[int]]] = {}
         self.started: set[str] = set()  # trial ids already announced (retries start again)
         self._replay = spool.load(self.run_dir)  # writes an earlier run could not send
 
@@ -319,7 +322,9 @@ class SweepWriter:
         found = self._find_child(op.key, op.trial_id, parent)
         if found:  # a retried trial, a restarted driver, or a resent request
             self.runs[op.key] = found
-            if c.get_run(found).info.status != "RUNNING":
+            run = c.get_run(found)
+            self._have[op.key] = {k: {m.step for m in c.get_metric_history(found, k)} for k in run.data.metrics}
+            if run.info.status != "RUNNING":
                 c.update_run(found, status="RUNNING")
             return
         run_id = c.create_run(self.exp_id, run_name=op.name, tags=tags).info.run_id
@@ -328,8 +333,21 @@ class SweepWriter:
         c.log_text(run_id, redact(op.config_yaml), "config.yaml")
         c.log_text(run_id, redact(op.spec_yaml), "spec.yaml")
 
+    def _unlogged(self, key: str, metrics: Iterable[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
+        """``metrics`` less the (name, step) points a run found again already has."""
+        have = self._have.get(key)
+        if have is None:
+            return list(metrics)
+        out = []
+        for k, v, s in metrics:
+            if s not in have.setdefault(k, set()):
+                have[k].add(s)
+                out.append((k, v, s))
+        return out
+
     def _send_log(self, op: Log) -> None:
-        _log_batch(self.client, self._run(op.key), metrics=op.metrics, params=op.params, tags=op.tags, ts=op.ts)
+        _log_batch(self.client, self._run(op.key), metrics=self._unlogged(op.key, op.metrics),
+                   params=op.params, tags=op.tags, ts=op.ts)
 
     def _send_logs(self, batch: Batch) -> None:
         """``Log`` operations of one run in one ``log_batch`` call (the queue keeps a batch
@@ -338,10 +356,11 @@ class SweepWriter:
 
         now = _now_ms()
         ops = [op for op in batch.ops if isinstance(op, Log)]
-        self.client.log_batch(self._run(batch.key),
-                              metrics=[Metric(k, v, op.ts or now, s) for op in ops for k, v, s in op.metrics],
-                              params=[Param(k, _str(v)) for op in ops for k, v in op.params.items()],
-                              tags=[RunTag(k, _str(v)) for op in ops for k, v in op.tags.items()])
+        metrics = [Metric(k, v, op.ts or now, s) for op in ops for k, v, s in self._unlogged(batch.key, op.metrics)]
+        params = [Param(k, _str(v)) for op in ops for k, v in op.params.items()]
+        tags = [RunTag(k, _str(v)) for op in ops for k, v in op.tags.items()]
+        if metrics or params or tags:
+            self.client.log_batch(self._run(batch.key), metrics=metrics, params=params, tags=tags)
 
     def _send_text(self, op: Text) -> None:
         self.client.log_text(self._run(op.key), redact(op.text), op.file)
@@ -372,6 +391,8 @@ class SweepWriter:
             latest[(k, int(step))] = float(v)  # an epoch run twice (a restart): its last value
         have = {k: {m.step for m in c.get_metric_history(found, k)} for k in {k for k, _ in latest}}
         missing = [(k, v, step) for (k, step), v in latest.items() if step not in have[k]]
+        if op.key in self._have:
+            self._unlogged(op.key, missing)  # (marks them logged)
         _log_batch(c, found, metrics=missing, ts=op.ts)
         if not op.status or c.get_run(found).info.status in ("FINISHED", "FAILED"):
             return

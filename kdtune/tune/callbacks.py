@@ -16,7 +16,9 @@ tracking operations:
 - after a driver crash (``--resume``): trials that ended while no driver was logging, or whose
   last writes died with it, are *settled* from their ``result.json`` (every missing (metric,
   step) logged once, the run ended with the trial's status); trials that restart fill the
-  holes the same way when they end. Nothing is logged twice.
+  holes the same way when they end; a trial that restarts from an earlier checkpoint than
+  its last report (the killed driver's snapshot lagged) re-runs epochs its run already has,
+  and the writer drops those points. Nothing is logged twice.
 
 Secrets never leave through here: everything written goes through ``kdtune.redact``.
 """
