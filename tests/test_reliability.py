@@ -236,6 +236,28 @@ def test_messages_are_text_not_markup(tmp_path, monkeypatch):
     _one_line_exit_2(r, f"spec file '{tmp_path}/run[v2].yaml': not found", tmp_path)
 
 
+def test_a_file_that_ends_early_is_named_not_aborted():
+    """An EOFError (a pickle or array file cut short) in a command: click alone would print
+    just "Aborted." and exit 1; kdtune prints the traceback and one line saying what ended."""
+    import typer
+
+    from kdtune.cli.common import guarded
+
+    app = typer.Typer()
+
+    @app.command()
+    @guarded
+    def load() -> None:
+        import pickle
+
+        pickle.loads(b"")
+
+    r = CliRunner().invoke(app, [])
+    assert r.exit_code == 1
+    assert "EOFError: Ran out of input (a file ended early" in r.output
+    assert 'pickle.loads(b"")' in r.output and "Aborted" not in r.output
+
+
 # =========================================================================== shared Ray
 @pytest.fixture(scope="module")
 def ray_plugins():

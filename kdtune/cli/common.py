@@ -7,6 +7,7 @@ and exits 2; nothing has started by then.
 from __future__ import annotations
 
 import functools
+import traceback
 from typing import Any, Callable
 
 import typer
@@ -40,6 +41,9 @@ def exits_on(kind: Callable[[], type[BaseException]], code: int,
                 return fn(*a, **kw)
             except caught as e:
                 fail(text(e), code)
+            except EOFError as e:  # click would print a bare "Aborted." (it means a closed prompt)
+                traceback.print_exc()
+                fail(f"{type(e).__name__}: {e} (a file ended early: the traceback above names it)", 1)
         return wrapper
     return decorate
 

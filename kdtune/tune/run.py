@@ -34,6 +34,7 @@ from kdtune.tune.progress import Progress
 from kdtune.tune.quiet import quiet
 from kdtune.tune.results import best_yaml_text, finite, ranked
 from kdtune.tune.schedule import make_scheduler
+from kdtune.tune.state import check_state
 from kdtune.tune.search import make_searcher
 from kdtune.tune.trainable import make_trainable
 
@@ -228,6 +229,8 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; --resume continues "
                         f"it, --set name=<new> starts another")
     plan = plan_sweep(spec)  # SpecError before Ray starts
+    # a snapshot the killed driver left cut short: Tune would restart the experiment from zero
+    rewrite_tuner = check_state(path, log) if resume else False
     if not resume:
         write_text(f"{path}/{SPEC_FILE}", dump_spec(spec))
     init_ray(log)
@@ -241,6 +244,8 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
            guard, session.Recorder(), *callbacks]
     if resume:
         tune_env()  # a resumed sweep in a fresh process: build_tuner never ran here
+        if rewrite_tuner:  # cut short as the sweep started: a new Tuner writes it again
+            build_tuner(spec, trainable, cbs, stop=guard)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
         # the callbacks pickled with the experiment are this process's to replace
         replace_callbacks(tuner, cbs, stop=guard)
