@@ -602,3 +602,43 @@ def test_outage_is_retried_then_saved_and_sent_later(lite_spec):
     assert sorted(k.data.tags["kdtune.trial_id"] for k in kids) == ["a", "b"]
     b = next(k for k in kids if k.data.tags["kdtune.trial_id"] == "b")
     assert b.info.status == "FINISHED" and b.data.metrics["val_acc"] == 0.9
+
+
+def test_a_found_run_drops_only_points_it_has_even_through_an_outage(lite_spec):
+    """A run found again (a restarted driver) skips the epochs it already has; a new point whose
+    first call fails is still sent by the retry (it counts as logged only once MLflow took it)."""
+    from mlflow import MlflowClient
+
+    from kdtune.tracking import SweepWriter, client
+
+    down = threading.Event()
+    flaky: list[Flaky] = []
+
+    def factory(uri):
+        flaky.append(Flaky(client(uri), down))
+        return flaky[-1]
+
+    w = SweepWriter(lite_spec, client_factory=factory, backoff=(0.05, 0.2), log=lambda m: None)
+    w.start_sweep()
+    w.trial_start("a", "scratch_001", {"lr": 0.1})
+    w.trial_metrics("a", [("val_acc", 0.5, 1)])
+    w.close(timeout=30)
+
+    w2 = SweepWriter(lite_spec, resume=True, client_factory=factory, backoff=(0.05, 0.2), log=lambda m: None)
+    w2.start_sweep()
+    w2.trial_start("a", "scratch_001", {"lr": 0.1})
+    while w2.pending():  # the run is found again before the outage starts
+        time.sleep(0.02)
+    down.set()
+
+    def heal():
+        while flaky[-1].failures < 3:
+            time.sleep(0.02)
+        down.clear()
+
+    threading.Thread(target=heal, daemon=True).start()
+    w2.trial_metrics("a", [("val_acc", 0.55, 1), ("val_acc", 0.7, 2)])  # epoch 1 again, then 2
+    w2.trial_end("a", "FINISHED")
+    assert "NOT sent" not in w2.close(timeout=30)
+    c = MlflowClient(paths.tracking_uri(lite_spec))
+    assert [(m.step, m.value) for m in c.get_metric_history(w2.runs["a"], "val_acc")] == [(1, 0.5), (2, 0.7)]

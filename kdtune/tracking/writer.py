@@ -333,21 +333,31 @@ class SweepWriter:
         c.log_text(run_id, redact(op.config_yaml), "config.yaml")
         c.log_text(run_id, redact(op.spec_yaml), "spec.yaml")
 
-    def _unlogged(self, key: str, metrics: Iterable[tuple[str, float, int]]) -> list[tuple[str, float, int]]:
-        """``metrics`` less the (name, step) points a run found again already has."""
+    def _unlogged(self, key: str, metrics: Iterable[tuple]) -> list[tuple]:
+        """``metrics`` ((name, value, step, ...) tuples) less the (name, step) points a run
+        found again already has, and less repeats within ``metrics`` (the first wins)."""
         have = self._have.get(key)
         if have is None:
             return list(metrics)
-        out = []
-        for k, v, s in metrics:
-            if s not in have.setdefault(k, set()):
-                have[k].add(s)
-                out.append((k, v, s))
+        out, seen = [], set()
+        for m in metrics:
+            k, s = m[0], m[2]
+            if s not in have.get(k, ()) and (k, s) not in seen:
+                seen.add((k, s))
+                out.append(m)
         return out
 
+    def _logged(self, key: str, metrics: Iterable[tuple[str, float, int]]) -> None:
+        """Record points as sent (after the call succeeded: a retried call sends them again)."""
+        have = self._have.get(key)
+        if have is not None:
+            for k, _, s in metrics:
+                have.setdefault(k, set()).add(s)
+
     def _send_log(self, op: Log) -> None:
-        _log_batch(self.client, self._run(op.key), metrics=self._unlogged(op.key, op.metrics),
-                   params=op.params, tags=op.tags, ts=op.ts)
+        metrics = self._unlogged(op.key, op.metrics)
+        _log_batch(self.client, self._run(op.key), metrics=metrics, params=op.params, tags=op.tags, ts=op.ts)
+        self._logged(op.key, metrics)
 
     def _send_logs(self, batch: Batch) -> None:
         """``Log`` operations of one run in one ``log_batch`` call (the queue keeps a batch
@@ -356,11 +366,13 @@ class SweepWriter:
 
         now = _now_ms()
         ops = [op for op in batch.ops if isinstance(op, Log)]
-        metrics = [Metric(k, v, op.ts or now, s) for op in ops for k, v, s in self._unlogged(batch.key, op.metrics)]
+        points = self._unlogged(batch.key, [(k, v, s, op.ts or now) for op in ops for k, v, s in op.metrics])
+        metrics = [Metric(k, v, ts, s) for k, v, s, ts in points]
         params = [Param(k, _str(v)) for op in ops for k, v in op.params.items()]
         tags = [RunTag(k, _str(v)) for op in ops for k, v in op.tags.items()]
         if metrics or params or tags:
             self.client.log_batch(self._run(batch.key), metrics=metrics, params=params, tags=tags)
+        self._logged(batch.key, [(k, v, s) for k, v, s, _ in points])
 
     def _send_text(self, op: Text) -> None:
         self.client.log_text(self._run(op.key), redact(op.text), op.file)
@@ -391,8 +403,7 @@ class SweepWriter:
             latest[(k, int(step))] = float(v)  # an epoch run twice (a restart): its last value
         have = {k: {m.step for m in c.get_metric_history(found, k)} for k in {k for k, _ in latest}}
         missing = [(k, v, step) for (k, step), v in latest.items() if step not in have[k]]
-        if op.key in self._have:
-            self._unlogged(op.key, missing)  # (marks them logged)
+        self._logged(op.key, missing)
         _log_batch(c, found, metrics=missing, ts=op.ts)
         if not op.status or c.get_run(found).info.status in ("FINISHED", "FAILED"):
             return
