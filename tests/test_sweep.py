@@ -188,8 +188,12 @@ def test_stage_reports_do_not_advance_asha_or_reach_optuna(tmp_path):
 
 # --------------------------------------------------------------------------- CLI without Ray
 def test_cli_dry_run_and_spec_errors_exit_2(tmp_path):
+    import ray
+
     from kdtune.cli.app import app
 
+    if ray.is_initialized():  # left by an earlier module's in-process sweep: this test checks
+        ray.shutdown()        # that the commands below start none
     runner = CliRunner()
     spec = write(tmp_path, tiny(tmp_path, method=["kd", "logit_l2"]))
     out = runner.invoke(app, ["sweep", "run", str(spec), "--dry-run"])
@@ -199,8 +203,6 @@ def test_cli_dry_run_and_spec_errors_exit_2(tmp_path):
     assert bad.exit_code == 2 and "resources" in bad.output
     bad = runner.invoke(app, ["sweep", "run", str(spec), "--resume"])
     assert bad.exit_code == 2 and "no sweep to resume" in bad.output
-    import ray
-
     assert not ray.is_initialized()
 
 
@@ -209,6 +211,8 @@ def test_cli_dry_run_and_spec_errors_exit_2(tmp_path):
 def ray_local():
     import ray
 
+    if ray.is_initialized():  # a Ray an earlier module's sweep started in this process
+        ray.shutdown()
     ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
              logging_level="ERROR")
     yield ray
