@@ -42,6 +42,7 @@ from kdtune.tracking.schema import (CHECKPOINT_DIR, ERROR_TAG, PARENT_TAG, PENDI
                                     TEACHER_KEY_TAG, TEACHER_RUN_TAG, TRIAL, TRIAL_ID_TAG,
                                     _now_ms, _plain, _q, _str, flatten)
 from kdtune.tracking.spool import Segment
+from kdtune.tracking.steps import HeldSteps
 
 log_ = logging.getLogger("kdtune.tracking")
 
@@ -91,9 +92,7 @@ class SweepWriter:
         self._lock = threading.Lock()  # counters and the client, shared by the lanes
         self._new_parent: str | None = None  # the parent run this writer created (no children yet)
         self._tried: set[str] = set()  # trial runs whose creation was attempted
-        # a run found again (a restarted driver): the steps it has, so that a trial the killed
-        # driver's last snapshot sends back to an earlier checkpoint never logs an epoch twice
-        self._have: dict[str, dict[str, set[int]]] = {}
+        self._held = HeldSteps()  # points of runs found again: never logged twice
         self.started: set[str] = set()  # trial ids already announced (retries start again)
         self._replay = spool.load(self.run_dir)  # writes an earlier run could not send
 
@@ -323,7 +322,7 @@ class SweepWriter:
         if found:  # a retried trial, a restarted driver, or a resent request
             self.runs[op.key] = found
             run = c.get_run(found)
-            self._have[op.key] = {k: {m.step for m in c.get_metric_history(found, k)} for k in run.data.metrics}
+            self._held.load(op.key, c, run)
             if run.info.status != "RUNNING":
                 c.update_run(found, status="RUNNING")
             return
@@ -333,31 +332,10 @@ class SweepWriter:
         c.log_text(run_id, redact(op.config_yaml), "config.yaml")
         c.log_text(run_id, redact(op.spec_yaml), "spec.yaml")
 
-    def _unlogged(self, key: str, metrics: Iterable[tuple]) -> list[tuple]:
-        """``metrics`` ((name, value, step, ...) tuples) less the (name, step) points a run
-        found again already has, and less repeats within ``metrics`` (the first wins)."""
-        have = self._have.get(key)
-        if have is None:
-            return list(metrics)
-        out, seen = [], set()
-        for m in metrics:
-            k, s = m[0], m[2]
-            if s not in have.get(k, ()) and (k, s) not in seen:
-                seen.add((k, s))
-                out.append(m)
-        return out
-
-    def _logged(self, key: str, metrics: Iterable[tuple[str, float, int]]) -> None:
-        """Record points as sent (after the call succeeded: a retried call sends them again)."""
-        have = self._have.get(key)
-        if have is not None:
-            for k, _, s in metrics:
-                have.setdefault(k, set()).add(s)
-
     def _send_log(self, op: Log) -> None:
-        metrics = self._unlogged(op.key, op.metrics)
+        metrics = self._held.new(op.key, op.metrics)
         _log_batch(self.client, self._run(op.key), metrics=metrics, params=op.params, tags=op.tags, ts=op.ts)
-        self._logged(op.key, metrics)
+        self._held.took(op.key, metrics)
 
     def _send_logs(self, batch: Batch) -> None:
         """``Log`` operations of one run in one ``log_batch`` call (the queue keeps a batch
@@ -366,13 +344,13 @@ class SweepWriter:
 
         now = _now_ms()
         ops = [op for op in batch.ops if isinstance(op, Log)]
-        points = self._unlogged(batch.key, [(k, v, s, op.ts or now) for op in ops for k, v, s in op.metrics])
+        points = self._held.new(batch.key, [(k, v, s, op.ts or now) for op in ops for k, v, s in op.metrics])
         metrics = [Metric(k, v, ts, s) for k, v, s, ts in points]
         params = [Param(k, _str(v)) for op in ops for k, v in op.params.items()]
         tags = [RunTag(k, _str(v)) for op in ops for k, v in op.tags.items()]
         if metrics or params or tags:
             self.client.log_batch(self._run(batch.key), metrics=metrics, params=params, tags=tags)
-        self._logged(batch.key, [(k, v, s) for k, v, s, _ in points])
+        self._held.took(batch.key, [(k, v, s) for k, v, s, _ in points])
 
     def _send_text(self, op: Text) -> None:
         self.client.log_text(self._run(op.key), redact(op.text), op.file)
@@ -403,7 +381,7 @@ class SweepWriter:
             latest[(k, int(step))] = float(v)  # an epoch run twice (a restart): its last value
         have = {k: {m.step for m in c.get_metric_history(found, k)} for k in {k for k, _ in latest}}
         missing = [(k, v, step) for (k, step), v in latest.items() if step not in have[k]]
-        self._logged(op.key, missing)
+        self._held.took(op.key, missing)
         _log_batch(c, found, metrics=missing, ts=op.ts)
         if not op.status or c.get_run(found).info.status in ("FINISHED", "FAILED"):
             return
