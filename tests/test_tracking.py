@@ -544,18 +544,26 @@ class Flaky:
         return call
 
 
+def flaky_factory(down: threading.Event) -> tuple[list[Flaky], object]:
+    """A client factory whose clients fail while ``down`` is set, and the clients it made."""
+    from kdtune.tracking import client
+
+    made: list[Flaky] = []
+
+    def factory(uri):
+        made.append(Flaky(client(uri), down))
+        return made[-1]
+    return made, factory
+
+
 def test_outage_is_retried_then_saved_and_sent_later(lite_spec):
     from mlflow import MlflowClient
 
-    from kdtune.tracking import PENDING_FILE, SweepWriter, client
+    from kdtune.tracking import PENDING_FILE, SweepWriter
 
     down = threading.Event()
     down.set()
-    flaky: list[Flaky] = []
-
-    def factory(uri):
-        flaky.append(Flaky(client(uri), down))
-        return flaky[-1]
+    flaky, factory = flaky_factory(down)
 
     # 1. a short outage: retried with backoff, everything arrives, in order
     w = SweepWriter(lite_spec, client_factory=factory, backoff=(0.05, 0.2), log=lambda m: None)
@@ -609,14 +617,10 @@ def test_a_found_run_drops_only_points_it_has_even_through_an_outage(lite_spec):
     first call fails is still sent by the retry (it counts as logged only once MLflow took it)."""
     from mlflow import MlflowClient
 
-    from kdtune.tracking import SweepWriter, client
+    from kdtune.tracking import SweepWriter
 
     down = threading.Event()
-    flaky: list[Flaky] = []
-
-    def factory(uri):
-        flaky.append(Flaky(client(uri), down))
-        return flaky[-1]
+    flaky, factory = flaky_factory(down)
 
     w = SweepWriter(lite_spec, client_factory=factory, backoff=(0.05, 0.2), log=lambda m: None)
     w.start_sweep()
