@@ -12,6 +12,11 @@ so an interrupted table continues where it stopped (a sweep cut off mid-way is r
 
 ``double_epochs: true`` on a row also re-trains its best configuration at twice the epochs: the
 convergence check (converged when the mean moves by less than the interval's half-width).
+``doublings: N`` goes on doubling (E, 2E, … 2^N·E), for a row that the first check left moving.
+
+A sweep's ``best.yaml`` is a run output, not in git. When its record is there but the file is
+not (a fresh checkout), the re-runs train the spec with the record's ``best_config`` as
+``params.*`` overrides: the same configuration, so the table's missing cells can still be filled.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Row(BaseModel):
     sweep: bool = Field(True, description="false: re-train the spec as given (no search)")
     seeds: list[int] | None = Field(None, description="default: the table's seeds")
     double_epochs: bool = Field(False, description="also re-train the best at 2× epochs")
+    doublings: int = Field(0, ge=0, le=4, description="re-train at 2×, 4×, … 2^N× epochs")
     compare_to: list[str] = Field([], description="other rows' labels: the paired (same seed) "
                                   "difference of test_acc with its 95 % CI")
 
@@ -108,10 +114,15 @@ def run_row(table: Table, row: Row, spec_path: Path, out: Path, records: list[di
                 "best_yaml": res.best_yaml})]
             new += done
         source, source_sets = done[-1]["best_yaml"], []
+        if not Path(source).is_file():
+            # best.yaml went with the run outputs: the record holds the same configuration
+            source, source_sets = str(spec_path), table.sets + row.sets + [
+                f"params.{k}={json.dumps(v)}" for k, v in (done[-1]["best_config"] or {}).items()]
+            log(f"[{row.label}] {done[-1]['best_yaml']} is gone: re-runs use the spec and the "
+                "sweep record's best_config")
     epochs = load_spec(source, source_sets).epochs
-    plan = [(s, epochs) for s in (row.seeds or table.seeds)]
-    if row.double_epochs:
-        plan += [(s, 2 * epochs) for s in (row.seeds or table.seeds)]
+    plan = [(s, epochs * 2 ** i) for i in range(1 + max(row.doublings, int(row.double_epochs)))
+            for s in (row.seeds or table.seeds)]
     for seed, ep in plan:
         if any(r["kind"] == "rerun" and r["label"] == row.label and r["seed"] == seed
                and r["epochs"] == ep for r in records + new):
@@ -202,10 +213,21 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
                       _short(s["best_config"], common) if s else "not searched"]
         cells.append(f"{statistics.mean(r['seconds'] for r in rr if r['epochs'] == e):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
-        longer = [r["test_acc"] for r in rr if r["epochs"] == 2 * e]
-        if longer:
-            m2, _ = ci95(longer)
-            conv.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs)}) | {2 * e}: {m2:.4f} (n={len(longer)}) "
-                        f"| {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
-                        f"| {_paired(records, row, 2 * e) or '-'} |")
+        conv += _convergence(records, row, e)
     return "\n".join(lines + ([""] + conv if len(conv) > 2 else []))
+
+
+def _convergence(records: list[dict], row: Row, e: int) -> list[str]:
+    """One line per doubling present (E → 2E, 2E → 4E, …): converged when the mean moves by
+    less than the shorter run's CI half-width."""
+    def accs(ep: int) -> list[float]:
+        return [r["test_acc"] for r in records
+                if r["kind"] == "rerun" and r["label"] == row.label and r["epochs"] == ep]
+    out = []
+    while accs(e) and accs(2 * e):
+        (m, h), (m2, _) = ci95(accs(e)), ci95(accs(2 * e))
+        out.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs(e))}) | {2 * e}: {m2:.4f} "
+                   f"(n={len(accs(2 * e))}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
+                   f"| {_paired(records, row, 2 * e) or '-'} |")
+        e *= 2
+    return out

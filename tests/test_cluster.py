@@ -580,10 +580,12 @@ def test_submit_wait_runs_trials_on_both_nodes_into_postgres_mlflow(ray_boot, ml
     from ray.util.state import list_nodes
 
     # CPU trials (1 CPU a node), so the teacher-output cache, built on the driver's device type,
-    # serves them. (Both nodes get a trial actor, but in 4 runs every trial *reported* the same
-    # node: Tune's reused actor on one node took them all; docs/scaling.md §3.)
+    # serves them. Trials of ~30 s: with 1-epoch (~1 s) and 100-epoch (~9 s) trials the head's
+    # actor ran all four while the worker's actor was still being created (21 s under load;
+    # Tune hands a pending trial to whichever actor is free), so no trial showed the worker
+    # node reading the cache.
     spec = write_spec(shared_dir / "spec.yaml", name="cluster-e2e", storage=str(shared_dir / "storage"),
-                      uri=mlflow_server["url"], epochs=1, gpu=0)
+                      uri=mlflow_server["url"], epochs=300, gpu=0)
     r = kdtune("sweep", "submit", str(spec), "--address", ray_cluster, "--shared-storage", "--wait")
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-6000:]
@@ -597,8 +599,10 @@ def test_submit_wait_runs_trials_on_both_nodes_into_postgres_mlflow(ray_boot, ml
     assert logs.returncode == 0 and "best:" in logs.stdout
 
     # trials ran on both nodes: each trial runs in a Tune actor; the cluster records its node
-    nodes = {n.node_id for n in list_nodes(address=ray_cluster) if n.state == "ALIVE"}
+    alive = [n for n in list_nodes(address=ray_cluster, detail=True) if n.state == "ALIVE"]
+    nodes = {n.node_id for n in alive}
     assert len(nodes) == 2
+    workers = {n.node_id for n in alive if not n.is_head_node}
     actors = _trial_actors(ray_cluster, _ray_job_id(ray_cluster, job_id))
     assert {a.node_id for a in actors} == nodes, [(a.class_name, a.node_id) for a in actors]
 
@@ -625,6 +629,8 @@ def test_submit_wait_runs_trials_on_both_nodes_into_postgres_mlflow(ray_boot, ml
         assert ch.data.tags.get("kdtune.teacher_cache") == "true", (ch.info.run_name, ch.data.tags)
     tagged = {ch.data.tags.get("kdtune.node_id") for ch in children}
     assert tagged and tagged <= nodes, (tagged, nodes)  # each trial records the node it ran on
+    # a KD trial on the worker node (not the driver's) read the sweep's teacher-output cache
+    assert tagged & workers, (tagged, workers)
     assert "live teacher" not in r.stdout + r.stderr + logs.stdout
     conn = mlflow_server["db"]()
     try:
