@@ -379,6 +379,26 @@ def test_multi_method_sweep_samples_both_with_own_params(tmp_path, ray_local):
                                     for k, v in res.best.config.items() if k != "method"}
 
 
+@pytest.mark.parametrize("every, kept", [(0, [2, 3]), (3600, [3])])
+def test_checkpoint_every_s_checkpoints_only_the_last_epoch_of_a_short_trial(tmp_path, ray_local, every, kept):
+    """spec.checkpoint_every_s: a trial shorter than it checkpoints its last epoch only (so Tune
+    forces no experiment snapshot for it, docs/scaling.md §1.3); 0 checkpoints every epoch,
+    of which Tune keeps the last two."""
+    from kdtune.training.checkpoint import load_state
+    from kdtune.tune.run import run_sweep
+
+    spec = load_spec(write(tmp_path, tiny(tmp_path, f"ckpt{every}", method="scratch", epochs=3,
+                                          checkpoint_every_s=every,
+                                          search={"num_samples": 2, "algorithm": "random"},
+                                          scheduler={"type": "none"})))
+    res = run_sweep(spec, log=lambda m: None)
+    assert len(res.trials) == 2 and not res.errors
+    for t in res.trials:
+        ckpts = sorted(Path(t.path).glob("checkpoint_*/checkpoint.pt"))
+        epochs = [load_state(c)["epoch"] for c in ckpts]
+        assert epochs == kept, (t.name, [c.parent.name for c in ckpts], epochs)
+
+
 def recorded_finished(exp: Path) -> dict[str, list[dict]]:
     """Trials Tune's newest experiment snapshot records as TERMINATED, with their results."""
     states = sorted(exp.glob("experiment_state-*.json"))

@@ -202,6 +202,13 @@ class Spec(_Model):
                               "checkpoint (errors of the spec itself are never retried)")
     max_consecutive_failures: int = Field(5, ge=1, description="end the sweep after this many "
                                           "trials failed in a row, naming the commonest error")
+    # Tune forces an experiment snapshot (O(trials so far)) every 2 checkpoints of any trial:
+    # with many short trials that made the driver's cost per trial grow with the sweep
+    # (docs/scaling.md §1.3). A trial's last epoch is always checkpointed.
+    checkpoint_every_s: float = Field(0, ge=0, description="a trial checkpoints an epoch only when "
+                                      "this many seconds passed since its last checkpoint (and "
+                                      "always its last epoch); 0: every epoch. Set it (e.g. 60) "
+                                      "for sweeps of many short trials")
     corruption: CorruptionSpec = Field(CorruptionSpec(), description="robustness metrics")
     # Off by default: on the 2-core CPU a compiled epoch ran slower than eager (0.7-0.85x) after a
     # 5-18 s compile (minutes with a cold inductor cache); see benchmarks/README.md.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import re
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable
@@ -90,6 +91,7 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
 
     checked: list[bool] = []
     staged: list[bool] = []
+    saved = [time.monotonic()]  # when this trial last checkpointed (or started)
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None, *,
                stage: bool = False) -> None:
@@ -106,12 +108,16 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
         if stage:
             # no `epoch` (ASHA's time_attr) and no metric: the scheduler and searcher skip it
             metrics = {k: v for k, v in metrics.items() if k.startswith("stage/")}
+        if (state is not None and not stage and metrics.get("epoch", 0) < spec.epochs
+                and time.monotonic() - saved[-1] < spec.checkpoint_every_s):
+            state = None  # spec.checkpoint_every_s: too soon after the last one
         if state is None:
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(prefix="kdtune-ckpt-") as d:
             save_state(state, Path(d) / CHECKPOINT)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))  # copied to storage
+        saved.append(time.monotonic())
 
     # `auto` is the GPU Ray assigned: it sets CUDA_VISIBLE_DEVICES, so it is cuda:0 here.
     device = "auto" if spec.device.startswith("cuda") else spec.device
