@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -58,6 +59,7 @@ def main() -> None:
     budget = a.trials * setting["epochs"]
 
     import ray
+    from scipy.stats import t as t_dist  # scikit-learn's dependency
 
     from kdtune import api
     from kdtune.training.cache import prepare_shared
@@ -123,6 +125,15 @@ def main() -> None:
                          "warm_final": warm[-1], "source_full_trials": src["full_trials"],
                          "source_trials": src["trials"]})
     ratio = median([s["ratio"] or math.inf for s in per_seed])
+    # best so far at fixed points of the budget, warm − cold paired by seed (95 % t interval)
+    at = {}
+    for ep in sorted({budget // 16, budget // 8, budget // 4, budget // 2, budget} - {0}):
+        d = [rows[("warm", s)]["curve"][ep - 1] - rows[("cold", s)]["curve"][ep - 1] for s in a.seeds]
+        half = float(t_dist.ppf(0.975, len(d) - 1)) * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else None
+        at[ep] = {"cold_median": median([rows[("cold", s)]["curve"][ep - 1] for s in a.seeds]),
+                  "warm_median": median([rows[("warm", s)]["curve"][ep - 1] for s in a.seeds]),
+                  "paired_mean": round(statistics.mean(d), 4), "ci95": round(half, 4) if half else None,
+                  "warm_higher": sum(x > 0 for x in d)}
     png = OUT / "warm_quick.png" if a.quick else ROOT / "benchmarks" / "warm.png"
     plot(rows, ["cold", "warm"], a.seeds, budget, png,
          f"{name}-5 G→S kd: cold vs warm-started from a sweep on another split; seeds {a.seeds}")
@@ -132,7 +143,7 @@ def main() -> None:
           "reached": sum(s["warm_epochs"] is not None for s in per_seed),
           "median_final": {"cold": median([s["cold_final"] for s in per_seed]),
                            "warm": median([s["warm_final"] for s in per_seed])},
-          "per_seed": per_seed, "plot": str(png.relative_to(ROOT)),
+          "best_at_epochs": at, "per_seed": per_seed, "plot": str(png.relative_to(ROOT)),
           "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()})
 
 
