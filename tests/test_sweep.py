@@ -411,6 +411,16 @@ def recorded_finished(exp: Path) -> dict[str, list[dict]]:
             for t in done if t["status"] == "TERMINATED"}
 
 
+def snapshot_whole(exp: Path) -> bool:
+    """Every file of Tune's snapshot in ``exp`` reads to its end (kdtune.tune.state.whole)."""
+    from kdtune.tune.state import SNAPSHOT, whole
+
+    try:
+        return all(whole(f.read_bytes(), f.name) for f in exp.iterdir() if SNAPSHOT.match(f.name))
+    except OSError:  # replaced while read
+        return False
+
+
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
     """`kdtune sweep run` (a driver on the test's Ray, via RAY_ADDRESS) is SIGKILLed once its
@@ -430,7 +440,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 240
-        while len(recorded_finished(exp)) < 2:
+        # killed once two trials are recorded, between snapshot writes: a kill inside one can
+        # cut its only session short, which --resume refuses by design (test_resume_state.py)
+        while len(recorded_finished(exp)) < 2 or not snapshot_whole(exp):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "no two trials finished in time"
             time.sleep(0.1)
