@@ -35,6 +35,37 @@ def dataset(quick: bool) -> str:
     return "fashion-mnist" if not quick and fmnist_available() else "digits"
 
 
+def free_port() -> int:
+    """A port nobody on 127.0.0.1 listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def rss_mb() -> float:
+    """This process's resident memory."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def append_jsonl(path: Path, row: dict) -> dict:
+    """One finished unit of a resumable benchmark, appended as a JSON line; returns ``row``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        f.write(json.dumps(row) + "\n")
+    return row
+
+
+def local_cluster(cmd: str, folder: Path, *opts: str) -> None:
+    """``clusters/local.sh CMD --dir FOLDER OPTS``: the two-node cluster on 127.0.0.1."""
+    import subprocess
+
+    subprocess.run(["bash", str(ROOT / "clusters/local.sh"), cmd, "--dir", str(folder), *opts],
+                   check=True, stdout=subprocess.DEVNULL, env=os.environ)
+
+
 def median(xs: list[float]) -> float:
     return float(statistics.median(xs))
 

@@ -21,10 +21,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from _common import dataset, emit, machine, median, quiet_stdout
-from bench_tune_overhead import cluster, free_port
+from _common import dataset, emit, free_port, local_cluster, machine, median, quiet_stdout
 
-os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # before Ray is imported: stay on 127.0.0.1
+# Read by Ray at import: keeps 127.0.0.1 as given when this driver joins the local cluster
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 
 SPEC = """\
 name: {name}
@@ -92,7 +92,7 @@ def main() -> None:
                                         epochs=a.epochs, n=a.trials, storage=f"{d}/results"))
             if where == "two nodes":
                 port = free_port()
-                cluster("start", Path(d) / "ray", "--cpus", "1", "--gpus", "0", "--port", str(port),
+                local_cluster("start", Path(d) / "ray", "--cpus", "1", "--gpus", "0", "--port", str(port),
                         "--dashboard-port", str(free_port()))
                 os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
             try:
@@ -100,7 +100,7 @@ def main() -> None:
             finally:
                 if where == "two nodes":
                     os.environ.pop("RAY_ADDRESS", None)
-                    cluster("stop", Path(d) / "ray")
+                    local_cluster("stop", Path(d) / "ray")
     emit({"bench": "cluster_kd", "dataset": dataset(a.quick), "train": a.train, "epochs": a.epochs,
           **out, "load_avg_end": round(os.getloadavg()[0], 2), **machine()})
 

@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from _common import (G2S, G2S_QUICK, OUT, ROOT, dataset, emit, g2s_spec, g2s_teacher, machine, median,
+from _common import (G2S, G2S_QUICK, OUT, ROOT, append_jsonl, dataset, emit, g2s_spec, g2s_teacher, machine, median,
                      quiet_stdout)
 
 CONTENDERS = {"kdtune": [], "random+asha": ["search.algorithm=random"],
@@ -287,10 +287,7 @@ def main() -> None:
                    "full_trials": sum(e == spec.epochs for _, e, _ in heard),
                    "num_samples": spec.search.num_samples, **counts,
                    "wall_s": round(wall, 1), "git": head, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-            runs_path.parent.mkdir(parents=True, exist_ok=True)
-            with runs_path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-            rows[(cname, seed)] = row
+            rows[(cname, seed)] = append_jsonl(runs_path, row)
             log(f"{cname} seed {seed}: {len(heard)} epochs, {counts['trials']} trials, "
                 f"best {curve[-1] if curve else float('nan'):.4f}, {wall:.0f} s")
         write_results(rows, names, a, setting, facts, name, budget, t0)  # partial figures so far

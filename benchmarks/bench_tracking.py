@@ -40,7 +40,6 @@ import pwd
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from _common import emit, quiet_stdout  # first: it puts the checkout on sys.path
+from _common import emit, free_port, quiet_stdout, rss_mb  # first: it puts the checkout on sys.path
 
 import optuna  # noqa: E402
 import psycopg2  # noqa: E402
@@ -70,12 +69,6 @@ BIN = Path(sys.executable).parent
 
 
 # --------------------------------------------------------------------------- the services
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pg_bin() -> Path:
     cands = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
     if cands:
@@ -219,11 +212,6 @@ class FakeTrial:
     @staticmethod
     def id_of(n: int) -> str:
         return f"b{n:05d}"
-
-
-def rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _pending(w) -> int:

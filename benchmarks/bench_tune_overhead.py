@@ -34,13 +34,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from _common import ROOT, emit, machine, median, quiet_stdout
+from _common import emit, free_port, local_cluster, machine, median, quiet_stdout, rss_mb
 
 # Read by Ray at import: keeps 127.0.0.1 as given when this driver joins the local cluster
 # (otherwise Ray turns it into the machine's outward address; see clusters/local.sh)
@@ -66,27 +65,12 @@ class RSS(threading.Thread):
 
     def __init__(self) -> None:
         super().__init__(daemon=True)
-        import psutil
-
-        self.proc, self.samples, self.stop = psutil.Process(), [], threading.Event()
+        self.samples, self.stop = [], threading.Event()
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.samples.append(self.proc.memory_info().rss / 2**20)
+            self.samples.append(rss_mb())
             self.stop.wait(0.5)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cluster(cmd: str, folder: Path, *opts: str) -> None:
-    subprocess.run(["bash", str(ROOT / "clusters/local.sh"), cmd, "--dir", str(folder), *opts],
-                   check=True, stdout=subprocess.DEVNULL, env=os.environ)
 
 
 def main() -> None:
@@ -110,7 +94,7 @@ def main() -> None:
 
         if not a.local:
             port = free_port()
-            cluster("start", Path(d) / "ray", "--cpus", "1", "--gpus", "0", "--port", str(port),
+            local_cluster("start", Path(d) / "ray", "--cpus", "1", "--gpus", "0", "--port", str(port),
                     "--dashboard-port", str(free_port()))
             os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
         rss = RSS()
@@ -126,7 +110,7 @@ def main() -> None:
             ray.shutdown()
         finally:
             if not a.local:
-                cluster("stop", Path(d) / "ray")
+                local_cluster("stop", Path(d) / "ray")
         tune_s, ends = [], []
         for f in (Path(d) / "results" / "overhead").glob("*/result.json"):
             lines = f.read_text().splitlines()

@@ -27,14 +27,14 @@ a rerun with the same setting, so an interrupted run continues); benchmarks/warm
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shutil
 import statistics
 import time
 from pathlib import Path
 
-from _common import G2S, G2S_QUICK, OUT, ROOT, dataset, emit, g2s_spec, g2s_teacher, machine, median, quiet_stdout
+from _common import (G2S, G2S_QUICK, OUT, ROOT, append_jsonl, dataset, emit, g2s_spec, g2s_teacher, machine,
+                     median, quiet_stdout)
 from bench_search import answers, epochs_to_reach, git_head, load_done, plot, run_search, setting_key
 
 
@@ -87,7 +87,7 @@ def main() -> None:
             t = time.perf_counter()
             res = api.sweep(spec, log=lambda m: None)
             full = sum(tr.epochs == spec.epochs for tr in res.trials)
-            done[("source", seed, key)] = _append(runs_path, {
+            done[("source", seed, key)] = append_jsonl(runs_path, {
                 "contender": "source", "seed": seed, "key": key, "trials": len(res.trials),
                 "full_trials": full, "epochs_run": sum(tr.epochs for tr in res.trials),
                 "best": res.best.value if res.best else None, "wall_s": round(time.perf_counter() - t, 1)})
@@ -105,7 +105,7 @@ def main() -> None:
             heard, counts = run_search(spec, teacher, shared, budget)
             wall = time.perf_counter() - t
             shutil.rmtree(Path(spec.storage) / spec.name, ignore_errors=True)
-            rows[(cname, seed)] = done[(cname, seed, key)] = _append(runs_path, {
+            rows[(cname, seed)] = done[(cname, seed, key)] = append_jsonl(runs_path, {
                 "contender": cname, "seed": seed, "key": key, "budget": budget,
                 "curve": [round(v, 5) for v in answers(heard)], "heard": heard, **counts,
                 "full_trials": sum(e == spec.epochs for _, e, _ in heard),
@@ -145,13 +145,6 @@ def main() -> None:
                            "warm": median([s["warm_final"] for s in per_seed])},
           "best_at_epochs": at, "per_seed": per_seed, "plot": str(png.relative_to(ROOT)),
           "wall_s": round(time.perf_counter() - t0, 1), "machine": machine()})
-
-
-def _append(path: Path, row: dict) -> dict:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        f.write(json.dumps(row) + "\n")
-    return row
 
 
 if __name__ == "__main__":

@@ -220,14 +220,15 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
 def _convergence(records: list[dict], row: Row, e: int) -> list[str]:
     """One line per doubling present (E → 2E, 2E → 4E, …): converged when the mean moves by
     less than the shorter run's CI half-width."""
-    def accs(ep: int) -> list[float]:
-        return [r["test_acc"] for r in records
-                if r["kind"] == "rerun" and r["label"] == row.label and r["epochs"] == ep]
+    accs: dict[int, list[float]] = {}
+    for r in records:
+        if r["kind"] == "rerun" and r["label"] == row.label:
+            accs.setdefault(r["epochs"], []).append(r["test_acc"])
     out = []
-    while accs(e) and accs(2 * e):
-        (m, h), (m2, _) = ci95(accs(e)), ci95(accs(2 * e))
-        out.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs(e))}) | {2 * e}: {m2:.4f} "
-                   f"(n={len(accs(2 * e))}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
+    while e in accs and 2 * e in accs:
+        (m, h), (m2, _) = ci95(accs[e]), ci95(accs[2 * e])
+        out.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs[e])}) | {2 * e}: {m2:.4f} "
+                   f"(n={len(accs[2 * e])}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
                    f"| {_paired(records, row, 2 * e) or '-'} |")
         e *= 2
     return out
