@@ -527,6 +527,48 @@ def test_retries_and_a_restarted_driver_make_no_duplicate_runs(lite_spec, tmp_pa
     assert "error.txt" in [a.path for a in c.list_artifacts(failed.info.run_id)]
 
 
+def test_a_resumed_driver_retires_runs_of_trials_its_snapshot_lacks(lite_spec):
+    """A driver killed between Tune snapshots may have started a trial the restored experiment
+    does not know (Tune runs it again under a new id): its run is ended KILLED, tagged and
+    soft-deleted on resume, so every active child run is a trial of the experiment. Runs of
+    trials the new driver started itself are kept whatever the order of events."""
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from kdtune.tune.callbacks import MLflowCallback
+
+    known, lost, fresh = (FakeTrial(n, {"lr": 0.1 * n}) for n in (1, 2, 3))
+    cb = MLflowCallback(lite_spec, log=lambda m: None)
+    cb.setup()
+    for t in (known, lost):
+        cb.on_trial_start(0, [known, lost], t)
+        cb.on_trial_result(0, [known, lost], t, {"epoch": 1, "val_acc": 0.5})
+    assert "NOT sent" not in cb.writer.close()  # SIGKILL: nothing ended, the runs stay RUNNING
+
+    said: list[str] = []
+    cb2 = MLflowCallback(lite_spec, resume=True, log=said.append)  # restored: `known` only
+    cb2.setup()
+    cb2.on_trial_start(0, [known, fresh], fresh)  # (a new trial heard before the first step)
+    cb2.on_step_begin(0, [known, fresh])
+    cb2.on_step_begin(0, [known, fresh])  # once per driver
+    for t in (known, fresh):
+        cb2.on_trial_start(0, [known, fresh], t)
+        t.last_result = {"epoch": 1, "val_acc": 0.5}
+        cb2.on_trial_complete(0, [known, fresh], t)
+    cb2.close()
+
+    c = MlflowClient(paths.tracking_uri(lite_spec))
+    exp = c.get_experiment_by_name("unit").experiment_id
+    (parent,) = [r for r in c.search_runs([exp]) if r.data.tags.get("kdtune.role") == "sweep"]
+    kids = children(c, parent.info.run_id, exp)
+    assert sorted(r.data.tags["kdtune.trial_id"] for r in kids) == ["t00001", "t00003"]
+    assert {r.info.status for r in kids} == {"FINISHED"}
+    (gone,) = c.search_runs([exp], run_view_type=ViewType.DELETED_ONLY)
+    assert gone.data.tags["kdtune.trial_id"] == "t00002" and gone.info.status == "KILLED"
+    assert "snapshot" in gone.data.tags["kdtune.orphaned"]
+    assert [m for m in said if "1 run(s)" in m and "deleted" in m]
+
+
 class Flaky:
     """A client whose calls fail while ``down`` is set (an MLflow outage)."""
 

@@ -220,3 +220,28 @@ def test_queue_gives_a_run_to_one_lane_at_a_time_and_nothing_passes_the_parent()
     assert [(op.KIND, op.key) for op in left] == [("log", "a"), ("log", "a"), ("end", "a"), ("log", "a"),
                                                   ("log", "a"), ("end", "parent")]
     assert [op.metrics[0][1] for op in left if op.KIND == "log"] == [1.0, 2.0, 3.0, 9.0]
+
+
+def test_every_operation_kind_survives_the_spool():
+    """What the pending spool saves (``to_json`` through JSON) reads back as the same
+    operation, for every kind the writer knows: a new kind without a sample here fails."""
+    import json
+
+    from kdtune.tracking import ops
+
+    y = "a: 1\n"
+    samples = [
+        ops.StartParent(experiment="e", name="n", tags={"t": "1"}, params={"p": 1}, spec_yaml=y, resume=True),
+        ops.RecordTeacher(name="t", tags={}, params={}, path="/x", metrics={"test_acc": 0.9}),
+        ops.StartChild(key="k", trial_id="k", name="n", tags={}, params={}, config_yaml=y, spec_yaml=y),
+        ops.Log(key="k", metrics=(("val_acc", 0.5, 1),), tags={"a": "b"}, ts=3),
+        ops.Text(key="k", text="x", file="error.txt"),
+        ops.Artifact(key="k", path="/x", dir="checkpoint", cleanup=True),
+        ops.End(key="k", status="FINISHED"),
+        ops.Settle(key="k", trial_id="k", name="n", child_tags={}, params={}, config_yaml=y, spec_yaml=y,
+                   metrics=(("loss", 1.0, 2),), status="FAILED"),
+        ops.Retire(key="parent", known=("a", "b")),
+    ]
+    assert {type(o).KIND for o in samples} == set(ops.KINDS)
+    for o in samples:
+        assert ops.from_json(json.loads(json.dumps(o.to_json()))) == o

@@ -158,9 +158,22 @@ class Settle(_Op):
                           params=self.params, config_yaml=self.config_yaml, spec_yaml=self.spec_yaml)
 
 
-Op = Union[StartParent, RecordTeacher, StartChild, Log, Text, Artifact, End, Settle]
+@dataclass(frozen=True)
+class Retire(_Op):
+    """After a restore: the parent's trial runs whose trial ids are neither in ``known`` nor
+    started by this writer are retired (``kdtune.tracking.orphans``)."""
+
+    KIND: ClassVar[str] = "retire"
+    key: str  # "parent": ordered behind the parent's own writes
+    known: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "known", tuple(str(k) for k in self.known))
+
+
+Op = Union[StartParent, RecordTeacher, StartChild, Log, Text, Artifact, End, Settle, Retire]
 KINDS: dict[str, type[_Op]] = {c.KIND: c for c in (StartParent, RecordTeacher, StartChild, Log, Text,
-                                                    Artifact, End, Settle)}
+                                                    Artifact, End, Settle, Retire)}
 
 
 def from_json(d: Any) -> Op:

@@ -32,8 +32,9 @@ from kdtune.spec.paths import artifact_root, run_dir, tracking_uri
 from kdtune.tracking.client import (Permanent, _log_batch, _one_line, _search, _sha, client,
                                     ensure_experiment, git_commit, is_remote, is_transient,
                                     quiet_env)
-from kdtune.tracking.ops import (Artifact, End, Log, Op, RecordTeacher, Settle, StartChild,
-                                 StartParent, Text)
+from kdtune.tracking.ops import (Artifact, End, Log, Op, RecordTeacher, Retire, Settle,
+                                 StartChild, StartParent, Text)
+from kdtune.tracking.orphans import retire_orphans
 from kdtune.tracking.query import run_checkpoint
 from kdtune.tracking.queue import Batch, OpQueue
 from kdtune.tracking.registry import parse_models_uri
@@ -390,9 +391,15 @@ class SweepWriter:
             c.log_artifact(found, op.checkpoint, CHECKPOINT_DIR)
         c.set_terminated(found, op.status)
 
+    def _retire(self, op: Retire) -> None:
+        known = set(op.known)  # and `started`, read per run: the driver thread adds to it
+        retire_orphans(self.client, self.exp_id, self._run("parent"),
+                       lambda tid: tid in known or tid in self.started, self.log)
+
     _HANDLERS: ClassVar[dict[type, Callable[[SweepWriter, Any], None]]] = {
         StartParent: _start_parent, RecordTeacher: _record_teacher, StartChild: _start_child,
-        Log: _send_log, Text: _send_text, Artifact: _send_artifact, End: _end_run, Settle: _settle}
+        Log: _send_log, Text: _send_text, Artifact: _send_artifact, End: _end_run, Settle: _settle,
+        Retire: _retire}
 
     # ---- what the callback calls (they only queue; past the bound they wait briefly for room)
     def start_sweep(self) -> None:
@@ -484,6 +491,10 @@ class SweepWriter:
                         child_tags=self._trial_tags(trial_id, config), params=flatten(dict(config)),
                         config_yaml=yaml.safe_dump(_plain(config), sort_keys=False), spec_yaml=spec_yaml,
                         status=status, checkpoint=checkpoint, metrics=tuple(metrics), ts=_now_ms()))
+
+    def retire_unknown(self, known: Iterable[str]) -> None:
+        """After a restore: retire the trial runs of trials the restored experiment lacks."""
+        self.put(Retire(key="parent", known=tuple(known)))
 
     def end_sweep(self, status: str = "FINISHED") -> None:
         self.put(End(key="parent", status=status))

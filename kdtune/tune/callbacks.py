@@ -18,7 +18,9 @@ tracking operations:
   step) logged once, the run ended with the trial's status); trials that restart fill the
   holes the same way when they end; a trial that restarts from an earlier checkpoint than
   its last report (the killed driver's snapshot lagged) re-runs epochs its run already has,
-  and the writer drops those points. Nothing is logged twice.
+  and the writer drops those points; a trial the killed driver started after its last snapshot
+  is unknown to the restored experiment (Tune runs it again under a new id), so its run is
+  retired: ended KILLED and soft-deleted (``kdtune.tracking.orphans``). Nothing is logged twice.
 
 Secrets never leave through here: everything written goes through ``kdtune.redact``.
 """
@@ -181,6 +183,7 @@ class MLflowCallback(Callback):
         if self._settled or not self.resume or self.writer is None:
             return
         self._settled = True
+        self.writer.retire_unknown(t.trial_id for t in trials)  # started after the last snapshot
         for t in trials:
             if t.status in ("TERMINATED", "ERROR"):
                 self._settle(t, "FINISHED" if t.status == "TERMINATED" else "FAILED")
