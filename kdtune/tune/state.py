@@ -11,11 +11,20 @@ the ones Tune names ``.json``, walked opcode by opcode up to their STOP, nothing
 one are moved aside (renamed ``.cut-<name>``, so Tune's globs skip them) and Tune restores that
 one; if none is whole the resume stops with one line. A cut ``tuner.pkl`` (written once, when
 the sweep starts) is written again from the spec.
+
+Before a cut session is given up, its *staging copy* is tried: Tune writes each snapshot on the
+driver's machine first (``<ray temp>/session_*/artifacts/<time>/<experiment>/driver_artifacts``)
+and only then copies it to storage, so when the copy was cut the staging files are usually
+whole. Resumed on that machine, the session's files are copied again from there, and nothing
+is lost (without it, the only session of a sweep killed mid-copy could not be resumed). The
+Ray temp folder is Ray's default (``$RAY_TMPDIR``, ``$TMPDIR`` or /tmp, then ``ray``); a
+cluster started with ``--temp-dir`` elsewhere keeps its staging copies where this does not look.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import pickletools
 import re
 from collections import defaultdict
@@ -76,6 +85,8 @@ def check_state(path: str, log: Callable[[str], None] = print) -> bool:
         bad = [n for n in names if not whole(_read(fs, f"{root}/{n}"), n)]
         if not bad and any(n.startswith(MAIN) for n in names):
             break
+        if _mend(fs, root, session, log) and all(whole(_read(fs, f"{root}/{n}"), n) for n in names):
+            break
         newer.append(session)
         cut += bad or [f"no {MAIN} of {session}"]
     else:
@@ -94,3 +105,27 @@ def check_state(path: str, log: Callable[[str], None] = print) -> bool:
     if fs.get_file_info(tuner).type != pyarrow.fs.FileType.File:
         return True
     return not whole(_read(fs, tuner), TUNER_PKL)
+
+
+def ray_temp_dir() -> Path:
+    """Ray's default temp folder (as ``ray._common.utils.get_default_ray_temp_dir`` finds it)."""
+    return Path(os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp") / "ray"
+
+
+def _mend(fs: pyarrow.fs.FileSystem, root: str, session: str, log: Callable[[str], None]) -> bool:
+    """Copy a cut session's snapshot again from the driver's staging folder, when one on this
+    machine holds that session whole (its experiment state included); whether it did."""
+    name = Path(root).name  # Tune's experiment folder name, also the staging folder's
+    found = sorted(ray_temp_dir().glob(f"session_*/artifacts/*/{name}/driver_artifacts"),
+                   key=lambda p: p.stat().st_mtime, reverse=True)
+    for folder in found:
+        files = [p for p in folder.iterdir() if (m := SNAPSHOT.match(p.name)) and m.group(2) == session]
+        if not any(p.name.startswith(MAIN) for p in files) or not all(whole(p.read_bytes(), p.name) for p in files):
+            continue
+        for p in files:
+            with fs.open_output_stream(f"{root}/{p.name}") as out:
+                out.write(p.read_bytes())
+        log(f"resume: Tune's saved state of session {session} was cut short when its driver was "
+            f"killed; copied it again, whole, from the driver's staging folder {folder}")
+        return True
+    return False
