@@ -631,6 +631,7 @@ def test_outage_is_retried_then_saved_and_sent_later(lite_spec):
     down.set()
     w2 = SweepWriter(lite_spec, resume=True, client_factory=factory, backoff=(0.05, 0.2), log=lambda m: None)
     w2.start_sweep()
+    w2.retire_unknown(["a"])  # (judged by this driver's trials: not saved for another)
     w2.trial_start("b", "scratch_002", {"lr": 0.2})
     w2.trial_metrics("b", [("val_acc", 0.9, 1)])
     w2.trial_end("b", "FINISHED", reason=None)

@@ -161,7 +161,8 @@ class Settle(_Op):
 @dataclass(frozen=True)
 class Retire(_Op):
     """After a restore: the parent's trial runs whose trial ids are neither in ``known`` nor
-    started by this writer are retired (``kdtune.tracking.orphans``)."""
+    started by this writer are retired (``kdtune.tracking.orphans``). Never spooled: it judges
+    runs by one driver's trials, and the next resumed driver sends its own."""
 
     KIND: ClassVar[str] = "retire"
     key: str  # "parent": ordered behind the parent's own writes

@@ -180,7 +180,7 @@ class SweepWriter:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
-        left = self._queue.stop()
+        left = [op for op in self._queue.stop() if not isinstance(op, Retire)]  # (see Retire)
         if left:
             spool.save(self.run_dir, Segment(self.uri, self.exp_id, dict(self.runs), left))
         return self.report(len(left))
