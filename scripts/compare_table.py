@@ -161,7 +161,8 @@ def _short(config: dict | None, common: set[str]) -> str:
 
 def _paired(records: list[dict], row: Row, epochs: int) -> str:
     """Mean of (this row − other) over the seeds both have, its 95 % CI, and wins."""
-    return "; ".join(_pair(records, row.label, other, epochs) for other in row.compare_to)
+    pairs = [_pair(records, row.label, other, epochs) for other in row.compare_to]
+    return "; ".join(p for p in pairs if p != "-") or "-"  # (an "other" not run at these epochs)
 
 
 def _pair(records: list[dict], label: str, other: str, epochs: int) -> str:
@@ -229,6 +230,6 @@ def _convergence(records: list[dict], row: Row, e: int) -> list[str]:
         (m, h), (m2, _) = ci95(accs[e]), ci95(accs[2 * e])
         out.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs[e])}) | {2 * e}: {m2:.4f} "
                    f"(n={len(accs[2 * e])}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
-                   f"| {_paired(records, row, 2 * e) or '-'} |")
+                   f"| {_paired(records, row, 2 * e)} |")
         e *= 2
     return out
