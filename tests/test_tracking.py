@@ -569,6 +569,20 @@ def test_a_resumed_driver_retires_runs_of_trials_its_snapshot_lacks(lite_spec):
     assert [m for m in said if "1 run(s)" in m and "deleted" in m]
 
 
+def test_child_runs_reads_every_page(lite_spec):
+    """A sweep's trial runs past one search page (MLflow caps a page) are all found."""
+    from mlflow import MlflowClient
+
+    from kdtune.tracking.query import child_runs
+
+    c = MlflowClient(paths.tracking_uri(lite_spec))
+    exp = c.create_experiment("paged")
+    parent = c.create_run(exp).info.run_id
+    kids = {c.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id for _ in range(5)}
+    c.create_run(exp)  # not a child
+    assert {r.info.run_id for r in child_runs(c, exp, parent, page_size=2)} == kids
+
+
 class Flaky:
     """A client whose calls fail while ``down`` is set (an MLflow outage)."""
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from typing import Callable
 
 from kdtune.tracking.client import _log_batch
-from kdtune.tracking.schema import PARENT_TAG, ROLE, TRIAL, TRIAL_ID_TAG
+from kdtune.tracking.query import child_runs
+from kdtune.tracking.schema import ROLE, TRIAL, TRIAL_ID_TAG
 
 ORPHAN_TAG = "kdtune.orphaned"
 WHY = ("its driver was killed before Tune's snapshot recorded this trial; "
@@ -26,9 +27,10 @@ def retire_orphans(c, exp_id: str | None, parent: str, known: Callable[[str], bo
     """End and soft-delete the trial runs under ``parent`` whose trial id ``known`` refuses;
     their run ids. ``known`` is asked per run (it may read a set another thread adds to)."""
     gone = []
-    for r in list(_children(c, exp_id, parent)):  # all pages first: deletions shift offsets
+    # every page read before any deletion (deletions would shift the pages' offsets)
+    for r in child_runs(c, exp_id, parent) if exp_id is not None else []:
         tid = r.data.tags.get(TRIAL_ID_TAG)
-        if not tid or known(tid):
+        if r.data.tags.get(ROLE) != TRIAL or not tid or known(tid):
             continue
         _log_batch(c, r.info.run_id, tags={ORPHAN_TAG: WHY})
         if r.info.status == "RUNNING":
@@ -40,16 +42,3 @@ def retire_orphans(c, exp_id: str | None, parent: str, known: Callable[[str], bo
             "ended KILLED and deleted (run again; `mlflow runs restore` undoes it)")
     return gone
 
-
-def _children(c, exp_id: str | None, parent: str):
-    """Every trial run under ``parent``, page by page (a sweep may have thousands)."""
-    if exp_id is None:
-        return
-    token = None
-    while True:
-        page = c.search_runs([exp_id], f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{ROLE}` = '{TRIAL}'",
-                             max_results=1000, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return

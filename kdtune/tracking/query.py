@@ -166,9 +166,20 @@ def run_checkpoint(c, run_id: str) -> str | None:
 
 def _children(c, parent) -> list:
     """A parent run's trial runs."""
-    return c.search_runs([parent.info.experiment_id],
-                         filter_string=f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'",
-                         max_results=10000)
+    return child_runs(c, parent.info.experiment_id, parent.info.run_id)
+
+
+def child_runs(c, exp_id: str, parent_id: str, page_size: int = 1000) -> list:
+    """Every child run of a parent, page by page (one page stops at MLflow's max_results)."""
+    out: list = []
+    token = None
+    while True:
+        page = c.search_runs([exp_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                             max_results=page_size, page_token=token)
+        out += page
+        token = page.token
+        if not token:
+            return out
 
 
 def _iso(ms: int | None) -> str | None:
