@@ -162,17 +162,17 @@ def _short(config: dict | None, common: set[str]) -> str:
 def _paired(records: list[dict], row: Row, epochs: int) -> str:
     """Mean of (this row − other) over the seeds both have, its 95 % CI, and wins."""
     pairs = [_pair(records, row.label, other, epochs) for other in row.compare_to]
-    return "; ".join(p for p in pairs if p != "-") or "-"  # (an "other" not run at these epochs)
+    return "; ".join(p for p in pairs if p) or "-"  # (an "other" not run at these epochs: left out)
 
 
-def _pair(records: list[dict], label: str, other: str, epochs: int) -> str:
+def _pair(records: list[dict], label: str, other: str, epochs: int) -> str | None:
     def by_seed(label: str) -> dict[int, float]:
         return {r["seed"]: r["test_acc"] for r in records
                 if r["kind"] == "rerun" and r["label"] == label and r["epochs"] == epochs}
     a, b = by_seed(label), by_seed(other)
     d = [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
     if not d:
-        return "-"
+        return None
     m, h = ci95(d)
     return (f"{m:+.4f} ± {h:.4f} vs {other} (higher on {sum(x > 0 for x in d)}/{len(d)})"
             if len(d) > 1 else f"{m:+.4f} vs {other}")

@@ -440,8 +440,9 @@ def test_resume_after_the_driver_is_killed(tmp_path, ray_local):
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         deadline = time.time() + 240
-        # killed once two trials are recorded, between snapshot writes: a kill inside one can
-        # cut its only session short, which --resume refuses by design (test_resume_state.py)
+        # killed once two trials are recorded, between snapshot writes: this test is about a
+        # snapshot that lags the trials; one cut mid-copy is test_resume_state.py's (mended from
+        # the driver's staging copy, or refused when that is cut too)
         while len(recorded_finished(exp)) < 2 or not snapshot_whole(exp):
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "no two trials finished in time"

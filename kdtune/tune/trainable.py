@@ -91,10 +91,11 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
 
     checked: list[bool] = []
     staged: list[bool] = []
-    saved = [time.monotonic()]  # when this trial last checkpointed (or started); one value
+    last_saved = time.monotonic()  # when this trial last checkpointed (or started)
 
     def report(metrics: dict[str, float], state: dict[str, Any] | None = None, *,
                stage: bool = False) -> None:
+        nonlocal last_saved
         if stage:
             staged.append(True)
         if not stage and not checked:
@@ -109,7 +110,7 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
             # no `epoch` (ASHA's time_attr) and no metric: the scheduler and searcher skip it
             metrics = {k: v for k, v in metrics.items() if k.startswith("stage/")}
         if (state is not None and not stage and metrics.get("epoch", 0) < spec.epochs
-                and time.monotonic() - saved[0] < spec.checkpoint_every_s):
+                and time.monotonic() - last_saved < spec.checkpoint_every_s):
             state = None  # spec.checkpoint_every_s: too soon after the last one
         if state is None:
             tune.report(metrics)
@@ -117,7 +118,7 @@ def run_in_tune(config: dict[str, Any], spec_json: str, teacher_ref: dict | None
         with tempfile.TemporaryDirectory(prefix="kdtune-ckpt-") as d:
             save_state(state, Path(d) / CHECKPOINT)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))  # copied to storage
-        saved[0] = time.monotonic()
+        last_saved = time.monotonic()
 
     # `auto` is the GPU Ray assigned: it sets CUDA_VISIBLE_DEVICES, so it is cuda:0 here.
     device = "auto" if spec.device.startswith("cuda") else spec.device
