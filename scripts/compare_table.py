@@ -42,6 +42,8 @@ class Row(BaseModel):
     seeds: list[int] | None = Field(None, description="default: the table's seeds")
     double_epochs: bool = Field(False, description="also re-train the best at 2× epochs")
     doublings: int = Field(0, ge=0, le=4, description="re-train at 2×, 4×, … 2^N× epochs")
+    seeds_at: dict[int, list[int]] = Field({}, description="more seeds at these epoch counts only, "
+                                           "e.g. {48: [5, 6, 7, 8, 9]}: a tighter interval where it matters")
     compare_to: list[str] = Field([], description="other rows' labels: the paired (same seed) "
                                   "difference of test_acc with its 95 % CI")
 
@@ -77,6 +79,13 @@ def run_table(path: Path, *, table_only: bool = False, only: list[str] | None = 
             records += run_row(table, row, spec_path, out, records)
     print(render(table, spec_path, records))
     return 0
+
+
+def plan(table: Table, row: Row, epochs: int) -> list[tuple[int, int]]:
+    """(seed, epochs) of every re-run of a row whose best configuration trains ``epochs``."""
+    lengths = [epochs * 2 ** i for i in range(1 + max(row.doublings, int(row.double_epochs)))]
+    runs = [(s, e) for e in lengths for s in (row.seeds or table.seeds)]
+    return runs + [(s, e) for e, seeds in row.seeds_at.items() for s in seeds if (s, e) not in runs]
 
 
 def _append(out: Path, rec: dict[str, Any]) -> dict[str, Any]:
@@ -121,9 +130,7 @@ def run_row(table: Table, row: Row, spec_path: Path, out: Path, records: list[di
             log(f"[{row.label}] {done[-1]['best_yaml']} is gone: re-runs use the spec and the "
                 "sweep record's best_config")
     epochs = load_spec(source, source_sets).epochs
-    plan = [(s, epochs * 2 ** i) for i in range(1 + max(row.doublings, int(row.double_epochs)))
-            for s in (row.seeds or table.seeds)]
-    for seed, ep in plan:
+    for seed, ep in plan(table, row, epochs):
         if any(r["kind"] == "rerun" and r["label"] == row.label and r["seed"] == seed
                and r["epochs"] == ep for r in records + new):
             continue
@@ -220,16 +227,20 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
 
 def _convergence(records: list[dict], row: Row, e: int) -> list[str]:
     """One line per doubling present (E → 2E, 2E → 4E, …): converged when the mean moves by
-    less than the shorter run's CI half-width."""
-    accs: dict[int, list[float]] = {}
+    less than the shorter run's CI half-width. Both means are over the seeds run at both
+    lengths, so extra seeds at one length (``seeds_at``) do not move the comparison."""
+    accs: dict[int, dict[int, float]] = {}
     for r in records:
         if r["kind"] == "rerun" and r["label"] == row.label:
-            accs.setdefault(r["epochs"], []).append(r["test_acc"])
+            accs.setdefault(r["epochs"], {})[r["seed"]] = r["test_acc"]
     out = []
     while e in accs and 2 * e in accs:
-        (m, h), (m2, _) = ci95(accs[e]), ci95(accs[2 * e])
-        out.append(f"| {row.label} | {e}: {m:.4f} (n={len(accs[e])}) | {2 * e}: {m2:.4f} "
-                   f"(n={len(accs[2 * e])}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
+        seeds = sorted(accs[e].keys() & accs[2 * e].keys())
+        if len(seeds) < 2:
+            break
+        (m, h), (m2, _) = ci95([accs[e][s] for s in seeds]), ci95([accs[2 * e][s] for s in seeds])
+        out.append(f"| {row.label} | {e}: {m:.4f} (n={len(seeds)}) | {2 * e}: {m2:.4f} "
+                   f"(n={len(seeds)}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
                    f"| {_paired(records, row, 2 * e)} |")
         e *= 2
     return out

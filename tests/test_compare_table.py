@@ -52,3 +52,27 @@ def test_table_sweeps_reruns_best_and_resumes(tmp_path):
     assert len((tmp_path / "records.jsonl").read_text().splitlines()) == len(recs)
     table = p.stdout[p.stdout.index("| row |"):]  # (the sweep's trial lines come before it)
     assert again.stdout == table
+
+
+def _module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("compare_table", ROOT / "scripts" / "compare_table.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["compare_table"] = mod  # pydantic resolves the Row annotation through it
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_seeds_at_adds_seeds_at_one_length_and_convergence_compares_common_seeds():
+    ct = _module()
+    table = ct.Table(spec="s.yaml", out="o.jsonl", seeds=[0, 1], rows=[])
+    row = ct.Row(label="kd", doublings=1, seeds_at={8: [1, 2, 3]})
+    # every seed at 4 and 8 epochs, then only the seeds 8 does not have yet
+    assert ct.plan(table, row, 4) == [(0, 4), (1, 4), (0, 8), (1, 8), (2, 8), (3, 8)]
+
+    def rec(seed, epochs, acc):
+        return {"kind": "rerun", "label": "kd", "seed": seed, "epochs": epochs, "test_acc": acc}
+    records = [rec(0, 4, 0.80), rec(1, 4, 0.82), rec(0, 8, 0.81), rec(1, 8, 0.83),
+               rec(2, 8, 0.50), rec(3, 8, 0.50)]  # seeds 2, 3 only at 8: left out of the check
+    (line,) = ct._convergence(records, row, 4)
+    assert "| 4: 0.8100 (n=2) | 8: 0.8200 (n=2) | +0.0100 |" in line
