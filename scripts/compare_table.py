@@ -13,6 +13,8 @@ so an interrupted table continues where it stopped (a sweep cut off mid-way is r
 ``double_epochs: true`` on a row also re-trains its best configuration at twice the epochs: the
 convergence check (converged when the mean moves by less than the interval's half-width).
 ``doublings: N`` goes on doubling (E, 2E, … 2^N·E), for a row that the first check left moving.
+``seeds_at: {48: [5, 6]}`` adds seeds at one length only, where a comparison needs a tighter
+interval; the convergence check compares the seeds both lengths have.
 
 A sweep's ``best.yaml`` is a run output, not in git. When its record is there but the file is
 not (a fresh checkout), the re-runs train the spec with the record's ``best_config`` as
