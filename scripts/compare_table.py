@@ -57,6 +57,8 @@ class Table(BaseModel):
     seeds: list[int] = [0, 1, 2, 3, 4]
     sets: list[str] = Field([], description="--set items for every sweep and re-run")
     sweep_sets: list[str] = Field([], description="--set items for the sweeps only")
+    report_at: list[int] = Field([], description="also a table of every row re-run at these "
+                                 "epoch counts (the doublings), paired by seed like the main one")
     rows: list[Row]
 
 
@@ -224,7 +226,21 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
         cells.append(f"{statistics.mean(r['seconds'] for r in rr if r['epochs'] == e):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
         conv += _convergence(records, row, e)
-    return "\n".join(lines + ([""] + conv if len(conv) > 2 else []))
+    at = [line for n in table.report_at for line in ["", *_at_length(table, records, n)]]
+    return "\n".join(lines + ([""] + conv if len(conv) > 2 else []) + at)
+
+
+def _at_length(table: Table, records: list[dict], epochs: int) -> list[str]:
+    """The rows re-run at ``epochs`` (any of their doublings), each with its paired Δs there."""
+    out = [f"| row, {epochs} epochs | test_acc, mean ± 95 % CI | seeds | paired Δ (same seeds) |",
+           "|---|---|---|---|"]
+    for row in table.rows:
+        accs = [r["test_acc"] for r in records
+                if r["kind"] == "rerun" and r["label"] == row.label and r["epochs"] == epochs]
+        if len(accs) > 1:
+            m, h = ci95(accs)
+            out.append(f"| {row.label} | {m:.4f} ± {h:.4f} | {len(accs)} | {_paired(records, row, epochs)} |")
+    return out
 
 
 def _convergence(records: list[dict], row: Row, e: int) -> list[str]:

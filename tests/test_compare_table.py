@@ -63,7 +63,7 @@ def _module():
     return mod
 
 
-def test_seeds_at_adds_seeds_at_one_length_and_convergence_compares_common_seeds():
+def test_seeds_at_one_length_convergence_on_common_seeds_and_report_at():
     ct = _module()
     table = ct.Table(spec="s.yaml", out="o.jsonl", seeds=[0, 1], rows=[])
     row = ct.Row(label="kd", doublings=1, seeds_at={8: [1, 2, 3]})
@@ -76,3 +76,12 @@ def test_seeds_at_adds_seeds_at_one_length_and_convergence_compares_common_seeds
                rec(2, 8, 0.50), rec(3, 8, 0.50)]  # seeds 2, 3 only at 8: left out of the check
     (line,) = ct._convergence(records, row, 4)
     assert "| 4: 0.8100 (n=2) | 8: 0.8200 (n=2) | +0.0100 |" in line
+
+    # report_at: the rows run at that length, every seed there, paired on the seeds both have
+    table = ct.Table(spec="s.yaml", out="o.jsonl", report_at=[8],
+                     rows=[row.model_copy(update={"compare_to": ["s"]}), ct.Row(label="s")])
+    records += [{**rec(s, 8, 0.80), "label": "s"} for s in (0, 1)]
+    head, _, kd, other = ct._at_length(table, records, 8)
+    assert head.startswith("| row, 8 epochs |")
+    assert kd.startswith("| kd | 0.6600 ± ") and "| 4 | +0.0200 ± 0.1271 vs s (higher on 2/2) |" in kd
+    assert other == "| s | 0.8000 ± 0.0000 | 2 | - |"
