@@ -14,7 +14,8 @@ so an interrupted table continues where it stopped (a sweep cut off mid-way is r
 convergence check (converged when the mean moves by less than the interval's half-width).
 ``doublings: N`` goes on doubling (E, 2E, … 2^N·E), for a row that the first check left moving.
 ``seeds_at: {48: [5, 6]}`` adds seeds at one length only, where a comparison needs a tighter
-interval; the convergence check compares the seeds both lengths have.
+interval; the convergence check compares the seeds both lengths have. ``report_at: [48]`` on
+the table adds a table of every row re-run at 48 epochs, paired by seed like the main one.
 
 A sweep's ``best.yaml`` is a run output, not in git. When its record is there but the file is
 not (a fresh checkout), the re-runs train the spec with the record's ``best_config`` as
