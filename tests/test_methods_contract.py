@@ -89,8 +89,21 @@ class Recorder:
             self.paths[metrics["epoch"]] = save_state(state, self.folder / f"epoch{metrics['epoch']}.pt")
 
 
+@pytest.fixture
+def reproducible_kernels():
+    """PyTorch's own CPU kernels instead of oneDNN's for one test. On an AMD EPYC VM (oneDNN
+    3.12, torch 2.14.1) the resumed epoch 2 differed from the uninterrupted one by ~1e-3 in the
+    loss for 11 of the methods, with the same code that passed on earlier machines; with oneDNN
+    off every method agrees to 1e-5 again, so the check measures kdtune's resume, not which
+    kernels the CPU got."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = before
+
+
 @pytest.mark.parametrize("name", METHODS.names())
-def test_trains_reports_and_resumes(name, teachers, tmp_path):
+def test_trains_reports_and_resumes(name, teachers, tmp_path, reproducible_kernels):
     spec = make_spec(name, tmp_path)
     teacher = teachers(name)
     config = small_config(spec)
