@@ -177,11 +177,14 @@ def _paired(records: list[dict], row: Row, epochs: int) -> str:
     return "; ".join(p for p in pairs if p) or "-"  # (an "other" not run at these epochs: left out)
 
 
+def _by_seed(records: list[dict], label: str, epochs: int) -> dict[int, float]:
+    """test_acc of a row's re-runs at one length, by seed."""
+    return {r["seed"]: r["test_acc"] for r in records
+            if r["kind"] == "rerun" and r["label"] == label and r["epochs"] == epochs}
+
+
 def _pair(records: list[dict], label: str, other: str, epochs: int) -> str | None:
-    def by_seed(label: str) -> dict[int, float]:
-        return {r["seed"]: r["test_acc"] for r in records
-                if r["kind"] == "rerun" and r["label"] == label and r["epochs"] == epochs}
-    a, b = by_seed(label), by_seed(other)
+    a, b = _by_seed(records, label, epochs), _by_seed(records, other, epochs)
     d = [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
     if not d:
         return None
@@ -236,8 +239,7 @@ def _at_length(table: Table, records: list[dict], epochs: int) -> list[str]:
     out = [f"| row, {epochs} epochs | test_acc, mean ± 95 % CI | seeds | paired Δ (same seeds) |",
            "|---|---|---|---|"]
     for row in table.rows:
-        accs = [r["test_acc"] for r in records
-                if r["kind"] == "rerun" and r["label"] == row.label and r["epochs"] == epochs]
+        accs = list(_by_seed(records, row.label, epochs).values())
         if len(accs) > 1:
             m, h = ci95(accs)
             out.append(f"| {row.label} | {m:.4f} ± {h:.4f} | {len(accs)} | {_paired(records, row, epochs)} |")
@@ -248,16 +250,13 @@ def _convergence(records: list[dict], row: Row, e: int) -> list[str]:
     """One line per doubling present (E → 2E, 2E → 4E, …): converged when the mean moves by
     less than the shorter run's CI half-width. Both means are over the seeds run at both
     lengths, so extra seeds at one length (``seeds_at``) do not move the comparison."""
-    accs: dict[int, dict[int, float]] = {}
-    for r in records:
-        if r["kind"] == "rerun" and r["label"] == row.label:
-            accs.setdefault(r["epochs"], {})[r["seed"]] = r["test_acc"]
     out = []
-    while e in accs and 2 * e in accs:
-        seeds = sorted(accs[e].keys() & accs[2 * e].keys())
+    while True:
+        a, b = _by_seed(records, row.label, e), _by_seed(records, row.label, 2 * e)
+        seeds = sorted(a.keys() & b.keys())
         if len(seeds) < 2:
             break
-        (m, h), (m2, _) = ci95([accs[e][s] for s in seeds]), ci95([accs[2 * e][s] for s in seeds])
+        (m, h), (m2, _) = ci95([a[s] for s in seeds]), ci95([b[s] for s in seeds])
         out.append(f"| {row.label} | {e}: {m:.4f} (n={len(seeds)}) | {2 * e}: {m2:.4f} "
                    f"(n={len(seeds)}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
                    f"| {_paired(records, row, 2 * e)} |")
