@@ -171,20 +171,20 @@ def _short(config: dict | None, common: set[str]) -> str:
     return ", ".join(f"{k} {fmt(config[k])}" for k in first)
 
 
-def _paired(records: list[dict], row: Row, epochs: int) -> str:
+def _paired(records: list[dict], row: Row, epochs: int, key: str = "test_acc") -> str:
     """Mean of (this row − other) over the seeds both have, its 95 % CI, and wins."""
-    pairs = [_pair(records, row.label, other, epochs) for other in row.compare_to]
+    pairs = [_pair(records, row.label, other, epochs, key) for other in row.compare_to]
     return "; ".join(p for p in pairs if p) or "-"  # (an "other" not run at these epochs: left out)
 
 
-def _by_seed(records: list[dict], label: str, epochs: int) -> dict[int, float]:
-    """test_acc of a row's re-runs at one length, by seed."""
-    return {r["seed"]: r["test_acc"] for r in records
-            if r["kind"] == "rerun" and r["label"] == label and r["epochs"] == epochs}
+def _by_seed(records: list[dict], label: str, epochs: int, key: str = "test_acc") -> dict[int, float]:
+    """``key`` (test_acc, or e.g. test_acc/pixels_0.3) of a row's re-runs at one length, by seed."""
+    return {r["seed"]: r[key] for r in records
+            if r["kind"] == "rerun" and r["label"] == label and r["epochs"] == epochs and key in r}
 
 
-def _pair(records: list[dict], label: str, other: str, epochs: int) -> str | None:
-    a, b = _by_seed(records, label, epochs), _by_seed(records, other, epochs)
+def _pair(records: list[dict], label: str, other: str, epochs: int, key: str = "test_acc") -> str | None:
+    a, b = _by_seed(records, label, epochs, key), _by_seed(records, other, epochs, key)
     d = [a[k] - b[k] for k in sorted(a.keys() & b.keys())]
     if not d:
         return None
@@ -230,19 +230,25 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
         cells.append(f"{statistics.mean(r['seconds'] for r in rr if r['epochs'] == e):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
         conv += _convergence(records, row, e)
-    at = [line for n in table.report_at for line in ["", *_at_length(table, records, n)]]
+    at = [line for n in table.report_at for line in ["", *_at_length(table, records, n, extra)]]
     return "\n".join(lines + ([""] + conv if len(conv) > 2 else []) + at)
 
 
-def _at_length(table: Table, records: list[dict], epochs: int) -> list[str]:
-    """The rows re-run at ``epochs`` (any of their doublings), each with its paired Δs there."""
-    out = [f"| row, {epochs} epochs | test_acc, mean ± 95 % CI | seeds | paired Δ (same seeds) |",
-           "|---|---|---|---|"]
+def _at_length(table: Table, records: list[dict], epochs: int, extra: list[str]) -> list[str]:
+    """The rows re-run at ``epochs`` (any of their doublings), each with its paired Δs there,
+    also on each ``extra`` metric (accuracy under corruption) where the records have one."""
+    head = [f"row, {epochs} epochs", "test_acc, mean ± 95 % CI", "seeds", *extra,
+            "paired Δ (same seeds)", *(f"paired Δ, {k}" for k in extra)]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows:
         accs = list(_by_seed(records, row.label, epochs).values())
         if len(accs) > 1:
-            m, h = ci95(accs)
-            out.append(f"| {row.label} | {m:.4f} ± {h:.4f} | {len(accs)} | {_paired(records, row, epochs)} |")
+            cells = [row.label, "%.4f ± %.4f" % ci95(accs), str(len(accs))]
+            for k in extra:
+                xs = list(_by_seed(records, row.label, epochs, k).values())
+                cells.append("%.4f ± %.4f" % ci95(xs) if len(xs) > 1 else "-")
+            cells += [_paired(records, row, epochs, k) for k in ["test_acc", *extra]]
+            out.append("| " + " | ".join(cells) + " |")
     return out
 
 

@@ -81,7 +81,23 @@ def test_seeds_at_one_length_convergence_on_common_seeds_and_report_at():
     table = ct.Table(spec="s.yaml", out="o.jsonl", report_at=[8],
                      rows=[row.model_copy(update={"compare_to": ["s"]}), ct.Row(label="s")])
     records += [{**rec(s, 8, 0.80), "label": "s"} for s in (0, 1)]
-    head, _, kd, other = ct._at_length(table, records, 8)
+    head, _, kd, other = ct._at_length(table, records, 8, [])
     assert head.startswith("| row, 8 epochs |")
     assert kd.startswith("| kd | 0.6600 ± ") and "| 4 | +0.0200 ± 0.1271 vs s (higher on 2/2) |" in kd
     assert other == "| s | 0.8000 ± 0.0000 | 2 | - |"
+
+
+def test_report_at_pairs_accuracy_under_corruption():
+    """With a spec's corruption levels, the report_at table gives each level's mean and the
+    paired Δ on it too: anti-distillation's finding is about the corrupted accuracy."""
+    ct = _module()
+    table = ct.Table(spec="s.yaml", out="o.jsonl", rows=[ct.Row(label="zero"),
+                                                         ct.Row(label="uniform", compare_to=["zero"])])
+    records = [{"kind": "rerun", "label": lab, "seed": s, "epochs": 16, "test_acc": 0.9,
+                "test_acc/pixels_0.1": c + 0.01 * s}
+               for lab, c in (("zero", 0.5), ("uniform", 0.6)) for s in (0, 1, 2)]
+    head, _, zero, uniform = ct._at_length(table, records, 16, ["test_acc/pixels_0.1"])
+    assert head.endswith("| test_acc/pixels_0.1 | paired Δ (same seeds) | paired Δ, test_acc/pixels_0.1 |")
+    assert zero == "| zero | 0.9000 ± 0.0000 | 3 | 0.5100 ± 0.0248 | - | - |"
+    assert uniform.endswith("| 0.6100 ± 0.0248 | +0.0000 ± 0.0000 vs zero (higher on 0/3) "
+                            "| +0.1000 ± 0.0000 vs zero (higher on 3/3) |")
