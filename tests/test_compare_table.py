@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +102,22 @@ def test_report_at_pairs_accuracy_under_corruption():
     assert zero == "| zero | 0.9000 ± 0.0000 | 3 | 0.5100 ± 0.0248 | - | - |"
     assert uniform.endswith("| 0.6100 ± 0.0248 | +0.0000 ± 0.0000 vs zero (higher on 0/3) "
                             "| +0.1000 ± 0.0000 vs zero (higher on 3/3) |")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "examples" / "tables").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_tables_load(path):
+    """Each results table in the repo parses, and every row's spec with its --set items loads (a
+    typo in a table file fails here, not an hour into a run); compare_to names rows it has."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from compare_table import Table
+
+    from kdtune.checks import load_spec
+
+    table = Table.model_validate(yaml.safe_load(path.read_text()))
+    spec = (path.parent / table.spec).resolve()
+    labels = [r.label for r in table.rows]
+    assert len(set(labels)) == len(labels), "row labels must be unique"
+    for row in table.rows:
+        assert set(row.compare_to) <= set(labels), row.label
+        sets = table.sets + (table.sweep_sets if row.sweep else []) + row.sets
+        assert load_spec(spec, sets).name
