@@ -108,12 +108,9 @@ def test_report_at_pairs_accuracy_under_corruption():
 def test_shipped_tables_load(path):
     """Each results table in the repo parses, and every row's spec with its --set items loads (a
     typo in a table file fails here, not an hour into a run); compare_to names rows it has."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from compare_table import Table
-
     from kdtune.checks import load_spec
 
-    table = Table.model_validate(yaml.safe_load(path.read_text()))
+    table = _module().Table.model_validate(yaml.safe_load(path.read_text()))
     spec = (path.parent / table.spec).resolve()
     labels = [r.label for r in table.rows]
     assert len(set(labels)) == len(labels), "row labels must be unique"
