@@ -37,9 +37,20 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 
+class Imported(BaseModel):
+    """A row whose re-runs come from another table's records: nothing is trained for it."""
+    model_config = ConfigDict(extra="forbid")
+    table: str = Field(description="the other table file, relative to this one")
+    label: str = Field(description="the row's label there")
+    epochs: list[int] | None = Field(None, description="only its re-runs at these lengths")
+
+
 class Row(BaseModel):
     model_config = ConfigDict(extra="forbid")
     label: str
+    imported: Imported | None = Field(None, description="take this row's re-runs from another "
+                                      "table's records (same spec and seeds), so a comparison "
+                                      "across two tables is paired by seed like one within a table")
     sets: list[str] = Field([], description="--set items of this row (sweep and re-runs)")
     sweep: bool = Field(True, description="false: re-train the spec as given (no search)")
     seeds: list[int] | None = Field(None, description="default: the table's seeds")
@@ -75,15 +86,36 @@ def run_table(path: Path, *, table_only: bool = False, only: list[str] | None = 
     table = Table.model_validate(yaml.safe_load(path.read_text()))
     spec_path = (path.parent / table.spec).resolve()
     out = Path(table.out)
-    records = [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+    records = _read(out)
     if not table_only:
         out.parent.mkdir(parents=True, exist_ok=True)
         for row in table.rows:
-            if only and row.label not in only:
+            if only and row.label not in only or row.imported:
                 continue
             records += run_row(table, row, spec_path, out, records)
-    print(render(table, spec_path, records))
+    print(render(table, spec_path, records + imported_records(path, table)))
     return 0
+
+
+def _read(out: Path) -> list[dict]:
+    return [json.loads(x) for x in out.read_text().splitlines()] if out.is_file() else []
+
+
+def imported_records(path: Path, table: Table) -> list[dict]:
+    """The imported rows' re-runs, read from the other tables' records and relabelled."""
+    new = []
+    for row in table.rows:
+        if not row.imported:
+            continue
+        imp = row.imported
+        other = Table.model_validate(yaml.safe_load((path.parent / imp.table).read_text()))
+        rr = [dict(r, label=row.label, imported_from=f"{imp.table}: {imp.label}")
+              for r in _read(Path(other.out)) if r["kind"] == "rerun" and r["label"] == imp.label
+              and (imp.epochs is None or r["epochs"] in imp.epochs)]
+        if not rr:
+            log(f"[{row.label}] no re-runs of {imp.label!r} in {other.out}: run {imp.table} first")
+        new += rr
+    return new
 
 
 def plan(table: Table, row: Row, epochs: int) -> list[tuple[int, int]]:
@@ -226,7 +258,8 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
             cells += [f"{s['wall_s'] / 60:.1f} min" if s else "-",
                       f"{s['trials']} ({s['stopped']})" if s else "-",
                       f"{s['best_val']:.4f}" if s and s["best_val"] is not None else "-",
-                      _short(s["best_config"], common) if s else "not searched"]
+                      _short(s["best_config"], common) if s
+                      else f"from {rr[0]['imported_from']}" if "imported_from" in rr[0] else "not searched"]
         cells.append(f"{statistics.mean(r['seconds'] for r in rr if r['epochs'] == e):.0f}")
         lines.append("| " + " | ".join(cells) + " |")
         conv += _convergence(records, row, e)

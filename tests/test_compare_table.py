@@ -116,5 +116,33 @@ def test_shipped_tables_load(path):
     assert len(set(labels)) == len(labels), "row labels must be unique"
     for row in table.rows:
         assert set(row.compare_to) <= set(labels), row.label
+        if row.imported:  # the other table exists and has that row
+            other = _module().Table.model_validate(yaml.safe_load((path.parent / row.imported.table).read_text()))
+            assert row.imported.label in [r.label for r in other.rows], row.label
+            continue
         sets = table.sets + (table.sweep_sets if row.sweep else []) + row.sets
         assert load_spec(spec, sets).name
+
+
+def test_imported_row_is_paired_by_seed_across_tables(tmp_path):
+    """A row imported from another table's records takes only the lengths asked for, is
+    relabelled, and pairs by seed with this table's rows; nothing is trained for it."""
+    ct = _module()
+    def rec(label, seed, epochs, acc):
+        return {"kind": "rerun", "label": label, "seed": seed, "epochs": epochs, "test_acc": acc, "seconds": 1}
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        rec("scratch", 0, 12, 0.10), rec("scratch", 0, 48, 0.80), rec("scratch", 1, 48, 0.82),
+        rec("kd", 0, 48, 0.99)]))
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(r) for r in [
+        rec("scratch", 0, 48, 0.85), rec("scratch", 1, 48, 0.86)]))
+    (tmp_path / "a.yaml").write_text(f"spec: s.yaml\nout: {tmp_path / 'a.jsonl'}\n"
+                                     "rows: [{label: scratch}, {label: kd}]\n")
+    (tmp_path / "b.yaml").write_text(
+        f"spec: s.yaml\nout: {tmp_path / 'b.jsonl'}\nrows:\n  - {{label: scratch, compare_to: [old]}}\n"
+        "  - {label: old, imported: {table: a.yaml, label: scratch, epochs: [48]}}\n")
+    table = ct.Table.model_validate(yaml.safe_load((tmp_path / "b.yaml").read_text()))
+    imported = ct.imported_records(tmp_path / "b.yaml", table)
+    assert [(r["label"], r["seed"], r["epochs"]) for r in imported] == [("old", 0, 48), ("old", 1, 48)]
+    lines = ct.render(table, tmp_path / "s.yaml", ct._read(tmp_path / "b.jsonl") + imported).splitlines()
+    assert lines[2].startswith("| scratch | 0.8550 ± ") and "+0.0450 ± 0.0635 vs old (higher on 2/2)" in lines[2]
+    assert lines[3].startswith("| old | 0.8100 ± 0.1271 | 2 |")
