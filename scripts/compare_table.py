@@ -178,10 +178,22 @@ def run_row(table: Table, row: Row, spec_path: Path, out: Path, records: list[di
             "sets": source_sets, "seconds": round(time.time() - t0, 1),
             "test_acc": res.test_acc, "val_acc": res.metrics.get("val_acc"),
             "params_count": res.metrics.get("params_count"), "config": res.config,
-            **{k: v for k, v in res.metrics.items() if k.startswith("test_acc/")}}))
+            **{k: v for k, v in res.metrics.items() if k.startswith("test_acc/")},
+            **_teacher(res.spec)}))
         log(f"[{row.label}] seed {seed}, {ep} epochs: test_acc {res.test_acc:.4f} "
             f"({new[-1]['seconds']} s)")
     return new
+
+
+def _teacher(spec) -> dict[str, Any]:
+    """Which teacher a re-run distilled from: the teacher is a run output, re-trained in each
+    fresh checkout and not bit-identical across machines, so the record names it."""
+    from kdtune.training.teacher import ensure_teacher, needs_teacher
+
+    if not needs_teacher(spec):
+        return {}
+    meta = ensure_teacher(spec, log=lambda m: None).meta  # cached by now: a file read
+    return {"teacher": {k: meta.get(k) for k in ("key", "test_acc", "val_acc")}}
 
 
 def ci95(xs: list[float]) -> tuple[float, float]:

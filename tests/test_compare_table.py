@@ -43,6 +43,8 @@ def test_table_sweeps_reruns_best_and_resumes(tmp_path):
     assert all(r["source"] == str(best) for r in reruns)
     assert reruns[0]["config"] == {k: v for k, v in sweeps[0]["best_config"].items() if k in reruns[0]["config"]}
     assert [r["label"] for r in recs if r["kind"] == "rerun"].count("teacher") == 1
+    # each re-run names the teacher it distilled from (re-trained in a fresh checkout)
+    assert len({r["teacher"]["key"] for r in reruns}) == 1 and 0 < reruns[0]["teacher"]["test_acc"] <= 1
     assert "| kd+x |" in p.stdout and "| teacher |" in p.stdout and "converged" in p.stdout
     teacher = next(r["test_acc"] for r in recs if r["label"] == "teacher")
     kd0 = next(r["test_acc"] for r in reruns if r["seed"] == 0 and r["epochs"] == 1)
