@@ -16,6 +16,8 @@ convergence check (converged when the mean moves by less than the interval's hal
 ``seeds_at: {48: [5, 6]}`` adds seeds at one length only, where a comparison needs a tighter
 interval; the convergence check compares the seeds both lengths have. ``report_at: [48]`` on
 the table adds a table of every row re-run at 48 epochs, paired by seed like the main one.
+``imported: {table: other.yaml, label: kd, epochs: [48]}`` makes a row of another table's
+re-runs (nothing trained), so that rows of two tables on the same spec pair by seed.
 
 A sweep's ``best.yaml`` is a run output, not in git. When its record is there but the file is
 not (a fresh checkout), the re-runs train the spec with the record's ``best_config`` as
