@@ -194,7 +194,7 @@ def _teacher(spec) -> dict[str, Any]:
 
     if not needs_teacher(spec):
         return {}
-    meta = ensure_teacher(spec, log=lambda m: None).meta  # cached by now: a file read
+    meta = ensure_teacher(spec, log=lambda m: None).meta  # trained or given by now: not again
     return {"teacher": {k: meta.get(k) for k in ("key", "test_acc", "val_acc")}}
 
 
