@@ -26,7 +26,9 @@ from kdtune.tracking.preflight import check_tracking
 from kdtune.tracking.query import best_trials, pareto, write_best_yaml
 from kdtune.tracking.summary import (close_stale_trials, optuna_storage_url, summarize_sweep,
                                      write_sweep_report)
+from kdtune.training.cache import prepare_shared
 from kdtune.training.checkpoint import save_state
+from kdtune.training.context import pick_device
 from kdtune.training.teacher import ensure_teacher, needs_teacher
 from kdtune.training.trial import run_trial
 from kdtune.tune.callbacks import sweep_callbacks
@@ -75,6 +77,11 @@ def train(spec: SpecLike, *, seed: int | None = None, overrides: list[str] | tup
     s = _spec(spec, overrides)
     config = resolve_params(s)
     teacher = ensure_teacher(s, log=log) if needs_teacher(s) else None
+    # as a sweep's trials do: the data view, and the teacher's logits computed once for the run
+    # instead of once per batch every epoch, where the method reads only logits (bit for bit
+    # the live teacher's; kdtune/training/cache.py). Feature methods run the teacher live.
+    shared = (prepare_shared(s, teacher, log=log, device_type=pick_device(s.device).type)
+              if teacher is not None else None)
     history: list[dict[str, float]] = []
     last: dict[str, Any] = {}
 
@@ -89,7 +96,8 @@ def train(spec: SpecLike, *, seed: int | None = None, overrides: list[str] | tup
             last["state"] = state
 
     t0 = time.time()
-    final = run_trial(s, config, teacher, report, seed=s.seed if seed is None else seed)
+    final = run_trial(s, config, teacher, report, seed=s.seed if seed is None else seed,
+                      shared=shared)
     path = save_state(last["state"], train_dir(s, time.strftime("%Y%m%d-%H%M%S")) / CHECKPOINT)
     return TrainResult(spec=s, config=config, metrics=final, history=history, checkpoint=path,
                        seconds=time.time() - t0)

@@ -149,6 +149,20 @@ def test_cache_serves_output_methods_and_feature_methods_run_live(sweep, caplog)
     assert sum("fitnet reads teacher taps groups" in s for s in [r.getMessage() for r in caplog.records]) == 1
 
 
+@pytest.mark.parametrize("method,cached", [("kd", 1.0), ("at", 0.0)])
+def test_kdtune_train_reads_the_cache_and_matches_the_live_teacher(sweep, method, cached):
+    """``kdtune train`` (api.train) prepares the cache as a sweep's driver does: a logits method
+    reads it, a feature method runs the teacher live; the numbers are the live path's."""
+    from kdtune import api
+    from kdtune.training.trial import run_trial
+
+    spec = sweep[0].model_copy(update={"method": method})
+    got = api.train(spec, seed=3, log=lambda m: None).metrics
+    live = run_trial(spec, resolve_params(spec), sweep[1], lambda *a, **k: None, seed=3)
+    assert (got.pop("teacher_cache"), live.pop("teacher_cache")) == (cached, 0.0)
+    assert got == live
+
+
 def test_augmentation_means_the_live_teacher(sweep, tmp_path, caplog):
     spec, teacher, _, _ = sweep
     aug = spec.model_copy(update={"data": spec.data.model_copy(update={"augment": True}),

@@ -1,4 +1,5 @@
-"""The sweep's cache: what the driver prepares once for all trials, memory-mapped on a node.
+"""The sweep's cache: what the driver prepares once for all trials, memory-mapped on a node
+(``kdtune train`` prepares the same for its one run: the teacher once, not once per epoch).
 
 - **Data view** (``<cache>/data/<key>/``): the student's train/val/test splits (uint8 images,
   labels, row ids) as ``.npy``. A trial maps them copy-on-write instead of loading the dataset,
@@ -276,22 +277,24 @@ class TeacherOutputs:
 GPU_NEEDS_KEY = "outputs_on_gpu_node"  # prepare_shared's ask: build these outputs on a GPU node
 
 
-def prepare_shared(spec: Spec, teacher, log: Callable[[str], None] = print) -> dict[str, Any] | None:
-    """Once per sweep, on the driver: the data view and (where it serves) the teacher outputs.
+def prepare_shared(spec: Spec, teacher, log: Callable[[str], None] = print,
+                   device_type: str | None = None) -> dict[str, Any] | None:
+    """Once per sweep, on the driver: the data view and (where it serves) the teacher outputs,
+    computed on ``device_type`` (default: the trials' device type, ``trial_device_type``).
 
     Returns the reference trials receive (plain data: paths). Its ``outputs`` is None when no
     method can use the cache or the trials' device is not here (then ``GPU_NEEDS_KEY`` lists
     what ``kdtune.tune.gpu_cache`` should build on a GPU node); None when nothing could be
     written (each trial then loads the data and runs the teacher itself, as without it)."""
     try:
-        return _prepare(spec, teacher, log)
+        return _prepare(spec, teacher, log, device_type or trial_device_type(spec))
     except OSError as e:  # a speed-up, never a reason for a sweep to fail
         log(f"shared files: cannot write under {cache_dir(spec)} ({e.strerror or e}): "
             "each trial loads the data and runs the teacher itself")
         return None
 
 
-def _prepare(spec: Spec, teacher, log: Callable[[str], None]) -> dict[str, Any]:
+def _prepare(spec: Spec, teacher, log: Callable[[str], None], dev_type: str) -> dict[str, Any]:
     data = student_data(spec)
     ref: dict[str, Any] = {"data": str(save_data_view(spec, data)), "outputs": None}
     if teacher is None:
@@ -299,7 +302,6 @@ def _prepare(spec: Spec, teacher, log: Callable[[str], None]) -> dict[str, Any]:
     needs = cached_needs(spec, data.augment, log)
     if not needs:
         return ref
-    dev_type = trial_device_type(spec)
     if dev_type == "cuda" and not torch.cuda.is_available():
         ref[GPU_NEEDS_KEY] = list(needs)  # built in a GPU task: kdtune.tune.gpu_cache
         return ref
