@@ -1,5 +1,6 @@
-"""What the teacher costs a KD trial: with the teacher-output cache, and with the live teacher,
-each over a scratch trial of the same student, side by side.
+"""What the teacher costs a KD trial and an attention-transfer (``at``) trial: with the
+teacher-output cache (logits for kd; the two teacher feature maps at reads), and with the live
+teacher, each over a scratch trial of the same student, side by side.
 
 Teacher ``cnn4`` (10 classes; its weights do not change the cost, so it is not trained here),
 student ``cnn_small`` on a Fashion-MNIST subset, batch 128, one thread (a trial's ``cpu: 1``).
@@ -68,23 +69,25 @@ def main() -> None:
     base = {"name": "bench-kd", "storage": str(tmp), "epochs": a.epochs,
             "data": {"name": name, "train_limit": a.train, "val_fraction": 0.05},
             "student": {"model": "cnn_small"}, "params": {"batch_size": 128}}
-    specs = {"scratch": parse_spec({**base, "method": "scratch"}),
-             "kd": parse_spec({**base, "method": "kd"})}
+    specs = {m: parse_spec({**base, "method": m}) for m in ("scratch", "kd", "at")}
     teacher = fake_teacher(specs["kd"], tmp)
     with Timer() as build:
         ref = prepare_shared(specs["kd"], teacher, log=lambda s: None)
-    assert ref["outputs"], "the cache was not built"
+    with Timer() as at_build:
+        at_ref = prepare_shared(specs["at"], teacher, log=lambda s: None)
+    assert ref["outputs"] and at_ref["outputs"], "the cache was not built"
     live_ref = {"data": ref["data"], "outputs": None}  # same mapped data, no teacher cache
 
     def trial(kind: str) -> Timer:
-        spec = specs["scratch" if kind == "scratch" else "kd"]
-        shared = {"cached": ref, "live": live_ref, "scratch": live_ref}[kind]
+        method = kind.removesuffix("_cached").removesuffix("_live")
+        spec = specs["kd" if method in ("cached", "live") else method]
+        shared = ({"cached": ref, "at_cached": at_ref}.get(kind, live_ref))
         with Timer() as t:
             run_trial(spec, resolve_params(spec), None if kind == "scratch" else teacher,
                       lambda *x, **k: None, seed=0, shared=shared)
         return t
 
-    kinds = ["scratch", "cached", "live"]
+    kinds = ["scratch", "cached", "live", "at_cached", "at_live"]
     runs: dict[str, list[Timer]] = {k: [] for k in kinds}
     for r in range(a.reps):
         for k in (kinds if r % 2 == 0 else kinds[::-1]):
@@ -101,8 +104,13 @@ def main() -> None:
           "kd_live_over_scratch": ratio("live", "cpu"),
           "kd_cached_over_scratch_wall": ratio("cached", "s"),
           "kd_live_over_scratch_wall": ratio("live", "s"),
+          "at_cached_over_scratch": ratio("at_cached", "cpu"),
+          "at_live_over_scratch": ratio("at_live", "cpu"),
+          "at_live_over_cached": round(median([lv.cpu / c.cpu for lv, c in
+                                               zip(runs["at_live"], runs["at_cached"])]), 3),
           "cpu_s": {k: med(k, "cpu") for k in kinds}, "wall_s": {k: med(k, "s") for k in kinds},
-          "cache_build_s": round(build.s, 2), "machine": machine()})
+          "cache_build_s": round(build.s, 2), "at_cache_build_s": round(at_build.s, 2),
+          "machine": machine()})
 
 
 if __name__ == "__main__":

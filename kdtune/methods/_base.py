@@ -7,6 +7,9 @@ the single cross-entropy term ``ce`` and all reporting. A method says:
   parameters, with the paper defaults; a contract test keeps the two equal);
 - ``teacher_needs`` / ``student_needs``: the taps it reads (``logits``, ``penultimate``,
   ``groups``, ``stem``); an empty ``teacher_needs`` means the teacher is never run per batch;
+- ``teacher_groups(n_teacher, n_student)``, for a method reading the teacher's ``groups``: which
+  of them its loss reads, for any value of its parameters; the teacher-output cache then holds
+  just those (unread entries of ``t_out["groups"]`` are None); None (the default): the live teacher;
 - ``ce_weight()``: the weight the engine gives ``ce`` (0 = label-free: ``y`` is never read);
 - ``build_student`` / ``build_extras`` / ``stages`` / ``loss``, and optionally ``optimizers``
   and ``train_step`` for methods that need more than a loss.
@@ -68,6 +71,13 @@ class Method:
     # the contract test checks that a trial reports nothing undeclared).
     terms: ClassVar[tuple[str, ...]] = ()
     trains: ClassVar[bool] = True  # False: evaluated as built, no main-stage training
+
+    @classmethod
+    def teacher_groups(cls, n_teacher: int, n_student: int) -> tuple[int, ...] | None:
+        """The indices of the teacher's ``groups`` the method reads, given both nets' group
+        counts; must cover every parameter value (a sweep's trials share one cache). None: not
+        declared, so the cache does not hold the teacher's groups and the teacher runs live."""
+        return None
 
     def check(self, spec: Spec) -> None:
         """Spec checks only this method can make (raise SpecError naming the field)."""

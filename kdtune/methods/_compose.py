@@ -35,6 +35,14 @@ class Composite(Method):
         rel = {m.class_relation for _, _, m in members} - {"any"}
         self.class_relation = rel.pop() if len(rel) == 1 else ("any" if not rel else "subset")
 
+    def teacher_groups(self, n_teacher: int, n_student: int) -> tuple[int, ...] | None:
+        """The union of the members' (None if a member reading groups declares none)."""
+        sets = [m.teacher_groups(n_teacher, n_student) for _, _, m in self.members
+                if "groups" in m.teacher_needs]
+        if any(s is None for s in sets):
+            return None
+        return tuple(sorted({i for s in sets for i in s}))
+
     def ce_weight(self) -> float:
         return self._ce
 

@@ -52,6 +52,10 @@ class AT(Method):
     student_needs = ("logits", "groups")
     class_relation = "any"  # features only
 
+    @classmethod
+    def teacher_groups(cls, n_teacher: int, n_student: int) -> tuple[int, ...]:
+        return tuple(i for i, _ in pair_from_last(n_teacher, n_student))
+
     def build_extras(self, teacher, student, ctx) -> nn.ModuleDict:
         t, s = conv_groups(teacher, student, ctx, "at: attention maps")
         self.pairs = pair_from_last(len(t), len(s))

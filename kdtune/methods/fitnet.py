@@ -44,6 +44,10 @@ class FitNet(Method):
     student_needs = ("logits", "groups")
     class_relation = "any"  # features only: the teacher's logits are never read
 
+    @classmethod
+    def teacher_groups(cls, n_teacher: int, n_student: int) -> tuple[int, ...]:
+        return (middle(n_teacher),)  # the hint layer
+
     def build_extras(self, teacher, student, ctx) -> nn.ModuleDict:
         t, s = probe(teacher, ctx)["groups"], probe(student, ctx)["groups"]
         self.ti, self.si = middle(len(t)), middle(len(s))

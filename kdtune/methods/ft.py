@@ -100,6 +100,11 @@ class FT(Method):
     student_needs = ("logits", "groups")
     class_relation = "any"  # features only
 
+    @classmethod
+    def teacher_groups(cls, n_teacher: int, n_student: int) -> tuple[int, ...]:
+        # every pair (groups: all); groups: last reads the last of them
+        return tuple(i for i, _ in pair_from_last(n_teacher, n_student))
+
     def build_extras(self, teacher, student, ctx) -> nn.ModuleDict:
         t, s = conv_groups(teacher, student, ctx, "ft: factor transfer")
         pairs = pair_from_last(len(t), len(s))

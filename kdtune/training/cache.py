@@ -11,6 +11,10 @@
   teacher's outputs for every training row, computed once. A trial installs
   ``ctx.teacher_view``: it gathers rows by ``batch.idx`` and restricts the logits to the
   student's classes (``restrict``), exactly as the live path does.
+- **Teacher feature maps** for methods reading the teacher's ``groups`` (at, fitnet, ft): only
+  the groups the method declares it reads (``Method.teacher_groups``; the cache's tap names are
+  ``groups.<i>``), and only up to ``GROUPS_MAX_BYTES``: a feature map is hundreds of numbers per
+  row where logits are ten. Unread entries of the view's ``groups`` list are None.
 
 Exactness: the outputs are computed by the live path's own code (``teacher_taps`` under
 ``autocast`` on the trials' device type, unrestricted) over the training rows in order.
@@ -19,9 +23,11 @@ A row's teacher output does not depend on the batch it is in once a batch has �
 the live teacher on any trial's shuffled batches bit for bit. Each build checks that on a
 shuffled batch and a 3-row batch; a cache that fails is not used (the trials run the teacher).
 
-Anything else runs the live teacher and says so once: feature taps (fitnet, at, ft, ...),
-training augmentation (random crops and flips: every epoch another view), methods running
-the teacher themselves (kr, simultaneous's fine-tuned copy), a trial device unlike the cache's.
+Anything else runs the live teacher and says so once: taps a method does not declare (``stem``,
+``groups`` without ``teacher_groups``), feature maps over the size cap or a searched student
+architecture (its group count varies by trial), training augmentation (random crops and flips:
+every epoch another view), methods running the teacher themselves (kr, simultaneous's
+fine-tuned copy), a trial device unlike the cache's.
 """
 
 from __future__ import annotations
@@ -40,13 +46,15 @@ import torch
 from torch import Tensor
 
 from kdtune.data import DataSplits, TensorData, TensorLoader
+from kdtune.models import create_model
 from kdtune.registry import METHODS
 from kdtune.spec.paths import cache_dir
 from kdtune.spec.schema import Spec
 from kdtune.training.context import autocast, restrict, student_data, teacher_taps
 from kdtune.training.teacher import load_teacher
 
-CACHEABLE = frozenset({"logits", "penultimate"})  # teacher taps the cache can hold
+CACHEABLE = frozenset({"logits", "penultimate"})  # teacher taps the cache holds as they are
+GROUPS_MAX_BYTES = 2 << 30  # teacher feature maps are cached up to this size (else: live)
 CACHE_BATCH = 256  # rows per teacher forward when building (any size ≥ MIN_TEACHER_ROWS is exact)
 SPLITS = ("train", "val", "test")
 FORMAT = 1  # bump when the files' layout changes
@@ -147,38 +155,102 @@ def map_data_view(folder: str | os.PathLike) -> DataSplits:
 
 
 # --------------------------------------------------------------------------- teacher outputs
+def group_tap(i: int) -> str:
+    """The cache's name for the teacher's ``groups[i]``."""
+    return f"groups.{i}"
+
+
+def _cacheable(tap: str) -> bool:
+    head, _, i = tap.partition(".")
+    return tap in CACHEABLE or (head == "groups" and i.isdigit())
+
+
+def tap_names(needs: tuple[str, ...], groups: tuple[int, ...] | None) -> tuple[str, ...]:
+    """``needs`` as the cache names them: ``groups`` becomes ``groups.<i>`` for each group in
+    ``groups`` (what the method declares it reads); kept as ``groups`` (not cacheable) if None."""
+    if "groups" not in needs or groups is None:
+        return tuple(needs)
+    return tuple(sorted([n for n in needs if n != "groups"] + [group_tap(i) for i in groups]))
+
+
 def live_reason(name: str, needs: tuple[str, ...], augment: bool) -> str | None:
-    """Why a method must run the live teacher (None: the cache can serve it). Methods that
-    never ask for teacher outputs per batch (``needs`` empty) give None: nothing to cache."""
+    """Why a method must run the live teacher (None: the cache can serve it); ``needs`` as
+    ``tap_names`` gives them. Methods that never ask for teacher outputs per batch (``needs``
+    empty) give None: nothing to cache."""
     if not needs:
         return None
-    if not set(needs) <= CACHEABLE:
-        return f"{name} reads teacher taps {', '.join(sorted(set(needs) - CACHEABLE))}: live teacher"
+    if not all(_cacheable(n) for n in needs):
+        return (f"{name} reads teacher taps {', '.join(sorted(n for n in needs if not _cacheable(n)))}"
+                ": live teacher")
     if augment:
         return f"{name}: training augmentation is on (random crops/flips): live teacher"
     return None
 
 
-def spec_methods(spec: Spec) -> list[tuple[str, tuple[str, ...]]]:
-    """(name, teacher_needs) of each method a trial of this spec can be: the searched choices,
-    or the one composition (its members' needs together)."""
+def spec_methods(spec: Spec) -> list[tuple[str, tuple[str, ...], list[str]]]:
+    """(name, teacher_needs, member methods) of each method a trial of this spec can be: the
+    searched choices, or the one composition (its members' needs together)."""
     needs = {m: tuple(METHODS.get(m).teacher_needs) for m in spec.methods}
     if spec.compose:
-        return [("+".join(spec.methods), tuple(sorted({t for v in needs.values() for t in v})))]
-    return list(needs.items())
+        return [("+".join(spec.methods), tuple(sorted({t for v in needs.values() for t in v})),
+                 list(spec.methods))]
+    return [(m, n, [m]) for m, n in needs.items()]
 
 
-def cached_needs(spec: Spec, data_augment: bool, log: Callable[[str], None]) -> tuple[str, ...]:
+def _declared(members: list[str], n_teacher: int, n_student: int) -> tuple[int, ...] | None:
+    sets = [METHODS.get(m).teacher_groups(n_teacher, n_student) for m in members
+            if "groups" in METHODS.get(m).teacher_needs]
+    return None if any(g is None for g in sets) else tuple(sorted({i for g in sets for i in g}))
+
+
+def group_sizes(model: torch.nn.Module, data: DataSplits) -> list[int]:
+    """Numbers per row of each of a model's ``groups`` (a 2-row zero batch, eval mode)."""
+    was = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    with torch.no_grad():
+        x = torch.zeros(2, data.in_channels, data.input_size, data.input_size, device=dev)
+        groups = model.forward_taps(x)["groups"] if hasattr(model, "forward_taps") else []
+    model.train(was)
+    return [g[0].numel() for g in groups]
+
+
+def cached_needs(spec: Spec, data: DataSplits, teacher, log: Callable[[str], None]) -> tuple[str, ...]:
     """The taps to cache (the union over the methods the cache serves); logs once for each
     method that runs the live teacher instead."""
     out: set[str] = set()
-    for name, needs in spec_methods(spec):
-        reason = live_reason(name, needs, _augment(spec, data_augment))
+    counts = None
+    for name, needs, members in spec_methods(spec):
+        groups = None
+        if "groups" in needs and counts is None:
+            counts = _group_counts(spec, data, teacher, log)
+        if "groups" in needs and counts:
+            groups = _declared(members, len(counts[0]), counts[1])
+            size = 4 * len(data.train) * sum(counts[0][i] for i in groups or ())
+            if size > GROUPS_MAX_BYTES:  # the live teacher: no reason to fill the disk
+                say_once(f"teacher outputs: {name}: the teacher's groups {list(groups)} would take "
+                         f"{size / 2**30:.1f} GiB for {len(data.train)} rows (cap "
+                         f"{GROUPS_MAX_BYTES / 2**30:.0f} GiB): live teacher", log)
+                continue
+        taps = tap_names(needs, groups)
+        reason = live_reason(name, taps, _augment(spec, data.augment))
         if reason:
             say_once(f"teacher outputs: {reason}", log)
         else:
-            out |= set(needs)
+            out |= set(taps)
     return tuple(sorted(out))
+
+
+def _group_counts(spec: Spec, data: DataSplits, teacher, log) -> tuple[list[int], int] | None:
+    """(the teacher's group sizes per row, the student's group count); None when the student
+    architecture is searched (each trial's student may have another number of groups)."""
+    if spec.search.student:
+        say_once("teacher outputs: the student architecture is searched: teacher feature maps "
+                 "are not cached", log)
+        return None
+    student = create_model(spec.student.model, data.num_classes, data.in_channels,
+                           data.input_size, **spec.student.kwargs)
+    return group_sizes(load_teacher(teacher, torch.device("cpu")), data), len(group_sizes(student, data))
 
 
 def trial_device_type(spec: Spec) -> str:
@@ -192,6 +264,10 @@ def outputs_key(teacher_path: Path, spec: Spec, needs: tuple[str, ...], device_t
     weights = hashlib.sha256(Path(teacher_path).read_bytes()).hexdigest()
     return _hash({"format": FORMAT, "teacher": weights, "data": data_key(spec), "needs": needs,
                   "device": device_type, "torch": torch.__version__})
+
+
+def _channels_last(t: Tensor) -> bool:
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _to_numpy(t: Tensor) -> np.ndarray:
@@ -211,8 +287,10 @@ def build_teacher_outputs(spec: Spec, teacher, data: DataSplits, needs: tuple[st
     def live(x: Tensor, need: str) -> Tensor:
         # the call the live path makes for a method needing only this tap (``engine.taps``:
         # the plain forward for logits, forward_taps otherwise)
+        head, _, i = need.partition(".")
         with torch.no_grad(), autocast(device):
-            return teacher_taps(model, x, (need,))[need]
+            out = teacher_taps(model, x, (head,))[head]
+        return out[int(i)] if i else out
 
     parts: dict[str, list[Tensor]] = {n: [] for n in needs}
     for x, _, _ in loader:
@@ -228,7 +306,11 @@ def build_teacher_outputs(spec: Spec, teacher, data: DataSplits, needs: tuple[st
     meta = {"needs": list(needs), "device": device.type, "rows": len(data.train),
             "data_key": data_key(spec), "dtype": {n: str(a.dtype).removeprefix("torch.")
                                                   for n, a in arrays.items()},
-            "exact": exact, "teacher": str(teacher.path), "batch": CACHE_BATCH}
+            "exact": exact, "teacher": str(teacher.path), "batch": CACHE_BATCH,
+            "teacher_groups": len(group_sizes(model, data)),
+            # the live maps' memory layout: a reduction over channels sums in another order on
+            # NCHW than on channels_last strides, and the last bits of a loss would differ
+            "channels_last": sorted(n for n in needs if _channels_last(live(x, n)))}
     _write(folder, {n: _to_numpy(a) for n, a in arrays.items()}, meta)
     log(f"teacher outputs: {', '.join(needs)} for {len(data.train)} training rows cached at {folder}"
         + ("" if exact else " (NOT equal to the live teacher on a shuffled batch: trials run it live)"))
@@ -249,15 +331,28 @@ class TeacherOutputs:
             # on a GPU one copy in the trial's device memory (small: rows × classes)
             self.tensors[n] = t if device.type == "cpu" else t.to(device)
 
-    def view(self, ctx) -> Callable:
+    def view(self, ctx, groups: tuple[int, ...] | None = None) -> Callable:
+        """``groups``: the teacher groups the trial's method reads (``Method.teacher_groups``);
+        a request for ``groups`` is served only if the cache holds all of them."""
         loader, index, have = ctx.train_loader, ctx.teacher_index, set(self.tensors)
+        n_groups = self.meta.get("teacher_groups", 0)
+        nhwc = set(self.meta.get("channels_last", ()))
+
+        def rows(n: str, idx: Tensor) -> Tensor:
+            t = self.tensors[n].index_select(0, idx)
+            return t.contiguous(memory_format=torch.channels_last) if n in nhwc else t
 
         def teacher_view(batch, needs: tuple[str, ...]) -> dict[str, Any] | None:
-            if not set(needs) <= have or not plain(batch):
+            taps = tap_names(needs, groups)
+            if not set(taps) <= have or not plain(batch):
                 return None  # the live teacher
             idx = batch.idx if loader.device.type == "cpu" else batch.idx.to(next(iter(
                 self.tensors.values())).device)
-            return restrict({n: self.tensors[n].index_select(0, idx) for n in needs}, index)
+            out = {n: rows(n, idx) for n in needs if n != "groups"}
+            if "groups" in needs:
+                out["groups"] = [rows(group_tap(i), idx) if i in (groups or ()) else None
+                                 for i in range(n_groups)]
+            return restrict(out, index)
 
         def plain(batch) -> bool:
             # The cache holds the un-augmented training rows: check that this batch is that
@@ -299,7 +394,7 @@ def _prepare(spec: Spec, teacher, log: Callable[[str], None], dev_type: str) -> 
     ref: dict[str, Any] = {"data": str(save_data_view(spec, data)), "outputs": None}
     if teacher is None:
         return ref
-    needs = cached_needs(spec, data.augment, log)
+    needs = cached_needs(spec, data, teacher, log)
     if not needs:
         return ref
     if dev_type == "cuda" and not torch.cuda.is_available():
@@ -327,6 +422,14 @@ def use_teacher_outputs(ctx, method, shared: dict[str, Any] | None) -> bool:
     if ctx.teacher is None or not needs:
         return False
     name = method.name or type(method).__name__
+    groups = None
+    if "groups" in needs:  # which of the teacher's groups this trial's method reads
+        s = ctx.spec.student  # the trial's (a searched architecture included)
+        student = create_model(s.model, ctx.data.num_classes, ctx.data.in_channels,
+                               ctx.data.input_size, **s.kwargs)
+        groups = method.teacher_groups(len(group_sizes(ctx.teacher, ctx.data)),
+                                       len(group_sizes(student, ctx.data)))
+    needs = tap_names(needs, groups)
     reason = live_reason(name, needs, ctx.train_loader.augment)
     folder = Path(shared["outputs"]) if shared and shared.get("outputs") else None
     if reason is None:
@@ -343,7 +446,7 @@ def use_teacher_outputs(ctx, method, shared: dict[str, Any] | None) -> bool:
         elif not set(needs) <= set(meta["needs"]):
             reason = f"{name}: the cache lacks {', '.join(needs)}: live teacher"
         else:
-            ctx.teacher_view = TeacherOutputs(folder, ctx.device).view(ctx)
+            ctx.teacher_view = TeacherOutputs(folder, ctx.device).view(ctx, groups)
             ctx.teacher_cache = True
             return True
     say_once(f"teacher outputs: {reason}")
