@@ -18,7 +18,7 @@ from typing import Any, Callable
 from kdtune.checks import load_spec
 from kdtune.params.walk import resolve_params
 from kdtune.promotion import promote as _promote
-from kdtune.spec.paths import CHECKPOINT, train_dir
+from kdtune.spec.paths import CHECKPOINT, experiment_path, train_dir
 from kdtune.spec import parse_spec
 from kdtune.spec.schema import Spec, SpecError
 from kdtune.tracking.client import resolve_uri
@@ -33,6 +33,7 @@ from kdtune.training.teacher import ensure_teacher, needs_teacher
 from kdtune.training.trial import run_trial
 from kdtune.tune.callbacks import sweep_callbacks
 from kdtune.tune.latency import measure as measure_latency
+from kdtune.tune.lock import check_unlocked
 from kdtune.tune.run import SweepResult, TrialRow, run_sweep
 
 Log = Callable[[str], None]
@@ -111,6 +112,7 @@ def sweep(spec: SpecLike, *, resume: bool = False, overrides: list[str] | tuple[
     and plots on the sweep's parent run. Writes ``<storage>/<name>/best.yaml``. ``verbose``
     shows Ray's, Tune's and MLflow's own messages too."""
     s = _spec(spec, overrides)
+    check_unlocked(experiment_path(s), s.name)  # another driver runs it: say so before anything
     callbacks = sweep_callbacks(s, resume, log=log) if tracking else []
     if callbacks:  # the tracking store answers (and takes writes) before Ray starts
         check_tracking(s)

@@ -226,6 +226,35 @@ def test_tracking_env_uri_that_does_not_answer(tmp_path, monkeypatch):
                         "answer within 2s", tmp_path)
 
 
+def test_a_second_driver_on_a_running_sweep_exits_2_naming_the_first(tmp_path, monkeypatch):
+    """One driver per sweep: while a driver holds the sweep's lock, another ``sweep run
+    --resume`` (or a new sweep of the same name) stops with one line before MLflow or Ray are
+    touched. The lock dies with its holder, so a resume after a crash is never blocked."""
+    import ray
+
+    from kdtune.checks import load_spec
+    from kdtune.cli.app import app
+    from kdtune.spec.paths import experiment_path
+    from kdtune.tune.lock import LOCK_FILE, driver_lock
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump(base(storage=str(tmp_path / "res"))))
+    path = experiment_path(load_spec(spec))
+    for args in (["sweep", "run", str(spec)], ["sweep", "run", str(spec), "--resume"]):
+        with driver_lock(path, "first"):
+            r = CliRunner().invoke(app, args)
+        lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+        assert r.exit_code == 2 and len(lines) == 1, (r.exit_code, r.stderr)
+        assert "is being run by another driver (pid %d on" % os.getpid() in lines[0], lines[0]
+        assert not ray.is_initialized() and not list(tmp_path.rglob("mlflow.db"))
+        assert sorted(p.name for p in Path(path).iterdir()) == [LOCK_FILE]
+    # released: the next driver takes it (a process that dies releases it the same way)
+    with driver_lock(path, "next"):
+        assert f"pid {os.getpid()}" in Path(path, LOCK_FILE).read_text()
+
+
 def test_messages_are_text_not_markup(tmp_path, monkeypatch):
     """A message holding brackets (a file `run[v2].yaml`) reaches the terminal whole: it is
     printed as text, not as Rich markup (which would swallow `[v2]`)."""

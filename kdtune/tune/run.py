@@ -28,6 +28,7 @@ from kdtune.tune._ray_compat import trial_number as ray_trial_number
 from kdtune.tune.gpu_cache import build_on_gpu_node
 from kdtune.tune import session
 from kdtune.tune.guard import Guard, SweepFailing
+from kdtune.tune.lock import driver_lock
 from kdtune.tune.naming import make_name, trial_seed
 from kdtune.tune.plan import can_restore, concurrency, plan_sweep
 from kdtune.tune.progress import Progress
@@ -229,6 +230,12 @@ def run_sweep(spec: Spec, resume: bool = False, callbacks: Sequence[Any] = (),
         raise SpecError(f"name: a sweep {spec.name!r} already exists at {path}; --resume continues "
                         f"it, --set name=<new> starts another")
     plan = plan_sweep(spec)  # SpecError before Ray starts
+    with driver_lock(path, spec.name):  # one driver per sweep (a second --resume is refused)
+        return _run(spec, path, plan, resume, callbacks, log)
+
+
+def _run(spec: Spec, path: str, plan, resume: bool, callbacks: Sequence[Any],
+         log: Log) -> SweepResult:
     # a snapshot the killed driver left cut short: Tune would restart the experiment from zero
     rewrite_tuner = check_state(path, log) if resume else False
     if not resume:
