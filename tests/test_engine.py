@@ -43,6 +43,19 @@ def test_cnn4_learns_digits(tmp_path: Path) -> None:
     assert {"ce", "loss", "val_loss", "lr", "params_count"} <= set(final)
 
 
+def test_a_last_training_batch_of_one_row_is_dropped(tmp_path: Path) -> None:
+    """577 training rows at batch 32 leave one row: cnn4's last group is 1×1 on 8×8 digits, and
+    BatchNorm cannot train on one value per channel (this run raised ValueError before)."""
+    spec = spec_for(tmp_path, epochs=1, student={"model": "cnn4", "classes": {"first": 5},
+                                                "kwargs": {"width": 0.5}})
+    ctx, _ = make_context(spec, resolve_params(spec), None, seed=0)
+    assert len(ctx.data.train) % 32 == 1
+    assert [len(y) for _, y, _ in ctx.train_loader][-1] == 32  # 18 full batches, the one row dropped
+    assert sum(len(y) for _, y, _ in ctx.loader("val")) == len(ctx.data.val)  # evaluation keeps all
+    final = run_trial(spec, resolve_params(spec), None, Recorder(), seed=0)
+    assert final["epoch"] == 1
+
+
 def test_checkpoint_round_trip_is_exact(tmp_path: Path) -> None:
     spec = spec_for(tmp_path, epochs=1)
     rec = Recorder()

@@ -158,10 +158,7 @@ def test_feature_methods_train_the_same_from_cached_feature_maps(sweep, tmp_path
     equals one with the live teacher, which also checks its ``teacher_groups`` declaration (an
     undeclared group read from the cache is None and fails)."""
     spec, teacher, _, _ = sweep
-    # batch 30: 577 rows leave a last batch of 7 (at 32, one row: ft's BatchNorm on the 1×1
-    # teacher map of these 8×8 images cannot train on one value per channel, cache or not)
-    one = spec.model_copy(update={"method": name, "storage": str(tmp_path),
-                                  "params": {**spec.params, "batch_size": 30}})
+    one = spec.model_copy(update={"method": name, "storage": str(tmp_path)})
     ref = prepare_shared(one, teacher, log=lambda m: None)
     out = []
     for shared in (ref, None):

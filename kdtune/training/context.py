@@ -80,12 +80,15 @@ class TrialContext:
                corruption: tuple[str, float] | None = None) -> TensorLoader:
         train = split == "train"
         aug = self.data.augment if self.spec.data.augment is None else self.spec.data.augment
+        rows, bs = getattr(self.data, split), batch_size or (self.common.batch_size if train else 512)
         return TensorLoader(
-            getattr(self.data, split), self.data,
-            batch_size or (self.common.batch_size if train else 512),
+            rows, self.data, bs,
             shuffle=train if shuffle is None else shuffle,
             seed=self.seed, augment=(aug and train) if augment is None else augment,
-            device=self.device, corruption=corruption)
+            device=self.device, corruption=corruption,
+            # a last training batch of one row is dropped: BatchNorm cannot train on one value
+            # per channel (a 1×1 map, e.g. cnn4's last group on 8×8 digits, or a vector)
+            drop_last=train and len(rows) % bs == 1)
 
     def teacher_outputs(self, batch: Batch, needs: tuple[str, ...]) -> dict[str, Any] | None:
         """The teacher's taps for a batch (no grad), logits restricted to the student's classes."""
