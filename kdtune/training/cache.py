@@ -160,9 +160,13 @@ def group_tap(i: int) -> str:
     return f"groups.{i}"
 
 
-def _cacheable(tap: str) -> bool:
+def _group_index(tap: str) -> int | None:
     head, _, i = tap.partition(".")
-    return tap in CACHEABLE or (head == "groups" and i.isdigit())
+    return int(i) if head == "groups" and i.isdigit() else None
+
+
+def _cacheable(tap: str) -> bool:
+    return tap in CACHEABLE or _group_index(tap) is not None
 
 
 def tap_names(needs: tuple[str, ...], groups: tuple[int, ...] | None) -> tuple[str, ...]:
@@ -328,8 +332,10 @@ class TeacherOutputs:
             t = _map(self.folder / f"{n}.npy")
             if self.meta["dtype"][n] == "bfloat16":
                 t = t.view(torch.bfloat16)
-            # on a GPU one copy in the trial's device memory (small: rows × classes)
-            self.tensors[n] = t if device.type == "cpu" else t.to(device)
+            # on a GPU one copy in the trial's device memory for logits (small: rows × classes);
+            # feature maps (up to GROUPS_MAX_BYTES) stay mapped, gathered rows are copied over
+            small = _group_index(n) is None
+            self.tensors[n] = t if device.type == "cpu" or not small else t.to(device)
 
     def view(self, ctx, groups: tuple[int, ...] | None = None) -> Callable:
         """``groups``: the teacher groups the trial's method reads (``Method.teacher_groups``);
@@ -339,18 +345,17 @@ class TeacherOutputs:
         nhwc = set(self.meta.get("channels_last", ()))
 
         def rows(n: str, idx: Tensor) -> Tensor:
-            t = self.tensors[n].index_select(0, idx)
+            src = self.tensors[n]
+            t = src.index_select(0, idx.to(src.device)).to(ctx.device)
             return t.contiguous(memory_format=torch.channels_last) if n in nhwc else t
 
         def teacher_view(batch, needs: tuple[str, ...]) -> dict[str, Any] | None:
             taps = tap_names(needs, groups)
             if not set(taps) <= have or not plain(batch):
                 return None  # the live teacher
-            idx = batch.idx if loader.device.type == "cpu" else batch.idx.to(next(iter(
-                self.tensors.values())).device)
-            out = {n: rows(n, idx) for n in needs if n != "groups"}
+            out = {n: rows(n, batch.idx) for n in needs if n != "groups"}
             if "groups" in needs:
-                out["groups"] = [rows(group_tap(i), idx) if i in (groups or ()) else None
+                out["groups"] = [rows(group_tap(i), batch.idx) if i in (groups or ()) else None
                                  for i in range(n_groups)]
             return restrict(out, index)
 
