@@ -42,6 +42,13 @@ class MethodParams(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def groups_read(methods, n_teacher: int, n_student: int) -> tuple[int, ...] | None:
+    """The teacher groups any of ``methods`` (classes or instances) reads: the union of their
+    ``teacher_groups``; None if one that reads ``groups`` does not declare which."""
+    sets = [m.teacher_groups(n_teacher, n_student) for m in methods if "groups" in m.teacher_needs]
+    return None if any(g is None for g in sets) else tuple(sorted({i for g in sets for i in g}))
+
+
 @dataclass
 class Stage:
     """A pre-stage run before the main stage (paraphraser training, FSP stage 1, ...).

@@ -14,7 +14,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from kdtune.training.context import Batch
-from kdtune.methods._base import Method, Stage
+from kdtune.methods._base import Method, Stage, groups_read
 
 
 class Composite(Method):
@@ -37,11 +37,7 @@ class Composite(Method):
 
     def teacher_groups(self, n_teacher: int, n_student: int) -> tuple[int, ...] | None:
         """The union of the members' (None if a member reading groups declares none)."""
-        sets = [m.teacher_groups(n_teacher, n_student) for _, _, m in self.members
-                if "groups" in m.teacher_needs]
-        if any(s is None for s in sets):
-            return None
-        return tuple(sorted({i for s in sets for i in s}))
+        return groups_read([m for _, _, m in self.members], n_teacher, n_student)
 
     def ce_weight(self) -> float:
         return self._ce

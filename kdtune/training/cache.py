@@ -46,6 +46,7 @@ import torch
 from torch import Tensor
 
 from kdtune.data import DataSplits, TensorData, TensorLoader
+from kdtune.methods._base import groups_read
 from kdtune.models import create_model
 from kdtune.registry import METHODS
 from kdtune.spec.paths import cache_dir
@@ -201,12 +202,6 @@ def spec_methods(spec: Spec) -> list[tuple[str, tuple[str, ...], list[str]]]:
     return [(m, n, [m]) for m, n in needs.items()]
 
 
-def _declared(members: list[str], n_teacher: int, n_student: int) -> tuple[int, ...] | None:
-    sets = [METHODS.get(m).teacher_groups(n_teacher, n_student) for m in members
-            if "groups" in METHODS.get(m).teacher_needs]
-    return None if any(g is None for g in sets) else tuple(sorted({i for g in sets for i in g}))
-
-
 def group_sizes(model: torch.nn.Module, data: DataSplits) -> list[int]:
     """Numbers per row of each of a model's ``groups`` (a 2-row zero batch, eval mode)."""
     was = model.training
@@ -229,7 +224,7 @@ def cached_needs(spec: Spec, data: DataSplits, teacher, log: Callable[[str], Non
         if "groups" in needs and counts is None:
             counts = _group_counts(spec, data, teacher, log)
         if "groups" in needs and counts:
-            groups = _declared(members, len(counts[0]), counts[1])
+            groups = groups_read([METHODS.get(m) for m in members], len(counts[0]), counts[1])
             size = 4 * len(data.train) * sum(counts[0][i] for i in groups or ())
             if size > GROUPS_MAX_BYTES:  # the live teacher: no reason to fill the disk
                 say_once(f"teacher outputs: {name}: the teacher's groups {list(groups)} would take "
