@@ -250,7 +250,8 @@ def render(table: Table, spec_path: Path, records: list[dict]) -> str:
             *(["sweep wall", "trials (ASHA-stopped)", "best val_acc", "best parameters"] if searched else []),
             "s/re-run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    conv = ["| row | epochs E: test_acc | 2E: test_acc | change | E's CI half-width | converged | paired Δ at 2E |",
+    conv = ["| row | epochs E: test_acc | 2E: test_acc | change, paired ± 95 % CI | E's CI half-width (seeds) "
+            "| converged | paired Δ at 2E |",
             "|---|---|---|---|---|---|---|"]
     for row in table.rows:
         sw = [r for r in records if r["kind"] == "sweep" and r["label"] == row.label]
@@ -300,18 +301,22 @@ def _at_length(table: Table, records: list[dict], epochs: int, extra: list[str])
 
 
 def _convergence(records: list[dict], row: Row, e: int) -> list[str]:
-    """One line per doubling present (E → 2E, 2E → 4E, …): converged when the mean moves by
-    less than the shorter run's CI half-width. Both means are over the seeds run at both
-    lengths, so extra seeds at one length (``seeds_at``) do not move the comparison."""
+    """One line per doubling present (E → 2E, 2E → 4E, …). The change is paired: the mean of
+    (2E − E) over the seeds run at both lengths, so extra seeds at one length (``seeds_at``) do
+    not move it. Converged when it is smaller than the half-width of the row's 95 % CI at E over
+    all its seeds there (the interval the table reports), not over the common seeds only: with
+    two doubled seeds that interval would be ~5× wider and pass nearly any change."""
     out = []
     while True:
         a, b = _by_seed(records, row.label, e), _by_seed(records, row.label, 2 * e)
         seeds = sorted(a.keys() & b.keys())
         if len(seeds) < 2:
             break
-        (m, h), (m2, _) = ci95([a[s] for s in seeds]), ci95([b[s] for s in seeds])
+        m, m2 = statistics.mean(a[s] for s in seeds), statistics.mean(b[s] for s in seeds)
+        d, hd = ci95([b[s] - a[s] for s in seeds])
+        h = ci95(list(a.values()))[1]
         out.append(f"| {row.label} | {e}: {m:.4f} (n={len(seeds)}) | {2 * e}: {m2:.4f} "
-                   f"(n={len(seeds)}) | {m2 - m:+.4f} | {h:.4f} | {'yes' if abs(m2 - m) < h else 'no'} "
-                   f"| {_paired(records, row, 2 * e)} |")
+                   f"(n={len(seeds)}) | {d:+.4f} ± {hd:.4f} | {h:.4f} (n={len(a)}) "
+                   f"| {'yes' if abs(d) < h else 'no'} | {_paired(records, row, 2 * e)} |")
         e *= 2
     return out

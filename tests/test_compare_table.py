@@ -78,7 +78,11 @@ def test_seeds_at_one_length_convergence_on_common_seeds_and_report_at():
     records = [rec(0, 4, 0.80), rec(1, 4, 0.82), rec(0, 8, 0.81), rec(1, 8, 0.83),
                rec(2, 8, 0.50), rec(3, 8, 0.50)]  # seeds 2, 3 only at 8: left out of the check
     (line,) = ct._convergence(records, row, 4)
-    assert "| 4: 0.8100 (n=2) | 8: 0.8200 (n=2) | +0.0100 |" in line
+    assert "| 4: 0.8100 (n=2) | 8: 0.8200 (n=2) | +0.0100 ± 0.0000 | 0.1271 (n=2) | yes |" in line
+    # the half-width is the row's interval at E over all its seeds there (a third seed at 4
+    # epochs narrows it), the change stays paired on the seeds run at both lengths
+    (line,) = ct._convergence(records + [rec(4, 4, 0.81)], row, 4)
+    assert "| 4: 0.8100 (n=2) | 8: 0.8200 (n=2) | +0.0100 ± 0.0000 | 0.0248 (n=3) | yes |" in line
 
     # report_at: the rows run at that length, every seed there, paired on the seeds both have
     table = ct.Table(spec="s.yaml", out="o.jsonl", report_at=[8],
